@@ -1,0 +1,191 @@
+"""``nas-proxy search``: Optuna architecture search on a proxy; re-running resumes."""
+
+from __future__ import annotations
+
+import click
+
+from nas_proxy.cli.common import common_options, emit, main
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@main.command("search")
+@click.option(
+    "--proxy",
+    "proxy_dir",
+    required=True,
+    type=click.Path(),
+    help="Proxy folder made by `nas-proxy distill`.",
+)
+@click.option(
+    "--space",
+    "space_path",
+    required=True,
+    type=click.Path(),
+    help="Search-space YAML (search_spaces/README.md describes the format).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for study.db (the default storage) and trials.csv. Required unless --dry-run.",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Finished trials to reach (COMPLETE + PRUNED + FAIL not re-queued); re-running "
+    "resumes, a larger number extends the study. With --dry-run: specs to show.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes on this machine sharing the study: one GPU each (round-robin) or "
+    "an equal share of the CPU cores.",
+)
+@click.option(
+    "--devices",
+    default=None,
+    help="Comma-separated devices for the workers, round-robin (e.g. cuda:0,cuda:1).",
+)
+@click.option(
+    "--storage",
+    default=None,
+    help="Optuna storage URL: sqlite:///PATH, postgresql://USER@HOST/DB, mysql://..., "
+    "or journal:PATH (a journal file). Default: sqlite:///OUT/study.db.",
+)
+@click.option(
+    "--study",
+    "study_name",
+    default="nas-proxy",
+    show_default=True,
+    help="Study name in the storage.",
+)
+@click.option(
+    "--objectives",
+    default="accuracy",
+    show_default=True,
+    help="Comma-separated: accuracy (maximised), flops, params, latency (minimised). "
+    "Several give a Pareto front (NSGA-II by default); Optuna cannot prune "
+    "multi-objective trials, so pruning is off there.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(["tpe", "random", "cmaes", "grid", "nsga2"]),
+    default=None,
+    help="Default: tpe (one objective), nsga2 (several). cmaes needs "
+    "int/float ranges; grid needs every parameter finite.",
+)
+@click.option(
+    "--pruner",
+    type=click.Choice(["median", "successive-halving", "hyperband", "none"]),
+    default=None,
+    help="Prunes on per-epoch val accuracy. Default: median (one "
+    "objective), none (several: Optuna cannot prune them).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training epochs per candidate (default: the proxy's recipe).",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Learning rate (default: the proxy's recipe or learned lr).",
+)
+@click.option(
+    "--max-params",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Reject candidates with more parameters, before training.",
+)
+@click.option(
+    "--max-flops",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Reject candidates with more FLOPs per image, before training.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print --trials sampled specs with params and FLOPs; train nothing.",
+)
+@common_options()
+def search_command(
+    proxy_dir,
+    space_path,
+    out,
+    trials,
+    workers,
+    devices,
+    storage,
+    study_name,
+    objectives,
+    sampler,
+    pruner,
+    epochs,
+    lr,
+    max_params,
+    max_flops,
+    dry_run,
+    as_json,
+    seed,
+    device,
+    data_dir,
+    download,
+):
+    """Search architectures from a space file, each trained on the proxy and scored on real
+    validation data. Re-running the same command resumes the study; stale trials of killed
+    workers are re-queued."""
+    from nas_proxy.errors import UserError
+    from nas_proxy.search import dry_run as sample_specs
+    from nas_proxy.search import run_search
+
+    if dry_run:
+        result = sample_specs(proxy_dir, space_path, trials, seed=seed)
+        lines = [
+            f"{s['arch']}  params={s['params']:,}  flops={s['flops']:,}" for s in result["samples"]
+        ]
+        emit(result, as_json, "\n".join(lines))
+        return
+    if not out:
+        raise UserError("--out is required (folder for the study and trials.csv)")
+    result = run_search(
+        proxy_dir,
+        space_path,
+        out,
+        trials=trials,
+        workers=workers,
+        storage=storage,
+        study_name=study_name,
+        objectives=objectives,
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+        device=device,
+        devices=_csv(devices),
+        epochs=epochs,
+        lr=lr,
+        max_params=max_params,
+        max_flops=max_flops,
+        data_dir=data_dir,
+        download=download,
+    )
+    best = result["best"]
+    human = (
+        f"study {result['study']} ({result['storage']}): {result['trials']} trials, "
+        f"{result['complete']} complete, {result['pruned']} pruned, {result['failed']} "
+        f"failed; best {best['arch']} = {best['score']:.4f}"
+        if best
+        else f"study {result['study']}: {result['trials']} trials, none complete"
+    )
+    if "pareto" in result:
+        human += f"; Pareto front: {len(result['pareto'])} trials"
+    emit(result, as_json, human + f"\ntrials: {result['trials_csv']}")
