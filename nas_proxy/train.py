@@ -64,7 +64,8 @@ class TrainConfig:
         from nas_proxy.errors import UserError
 
         if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"optimizer '{self.optimizer}': expected one of {', '.join(OPTIMIZERS)}")
+            raise UserError(
+                f"optimizer '{self.optimizer}': expected one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"schedule '{self.schedule}': expected one of {', '.join(SCHEDULES)}")
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
@@ -286,7 +287,8 @@ def train_model(
 
 
 def _train_state(epoch: int, step: int, optimizer: torch.optim.Optimizer,
-                 shuffle: torch.Generator, augment, device: torch.device) -> dict[str, torch.Tensor]:
+                 shuffle: torch.Generator, augment,
+                 device: torch.device) -> dict[str, torch.Tensor]:
     """Everything but the weights that decides the rest of a run, as plain tensors."""
     state = {"epoch": torch.tensor(epoch), "step": torch.tensor(step),
              "rng.shuffle": shuffle.get_state(), "rng.torch": torch.get_rng_state()}

@@ -74,6 +74,9 @@ def train_command(dataset, arch, epochs, lr, batch_size, momentum, weight_decay,
         write_json(Path(out) / "result.json", {**result, "config": cfg.to_dict(),
                                                "history": res.history, "versions": versions()})
         result["out"] = str(out)
-    acc = (lambda v: "n/a" if v is None else f"{v:.4f}")
-    emit(result, as_json, f"{spec}: val {acc(res.val_accuracy)}, test {acc(res.test_accuracy)}, "
+    emit(result, as_json, f"{spec}: val {_fmt(res.val_accuracy)}, test {_fmt(res.test_accuracy)}, "
                           f"{res.params:,} params, {res.flops:,} FLOPs, {res.wall_s:.1f} s")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
