@@ -1,0 +1,70 @@
+"""Distillation methods behind one entry point, all writing the proxy format of ``proxy.py``.
+
+Each method is ``run(dataset, ipc, out, opts, *, seed, device) -> dict`` (a summary holding at
+least ``dir, method, ipc, images, iterations, wall_s``). ``opts`` holds the CLI's options by
+their long names with ``_`` (``None``: not given); a method reads the ones it documents and
+ignores the rest. Methods are imported when called, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas_proxy.errors import UserError
+
+Method = Callable[..., dict[str, Any]]
+
+
+def _lazy(module: str, name: str) -> Method:
+    def run(
+        dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+    ) -> dict[str, Any]:
+        impl = getattr(importlib.import_module(f"nas_proxy.distill.{module}"), name)
+        return impl(dataset, ipc, out, opts, seed=seed, device=device)
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f"nas_proxy.distill.{module}.{name}, imported on first use."
+    return run
+
+
+METHODS: dict[str, Method] = {
+    "mtt": _lazy("mtt", "run_mtt"),
+    "dm": _lazy("dm", "run_dm"),
+    "dc": _lazy("dc", "run_dc"),
+    "random": _lazy("subsets", "run_random"),
+    "herding": _lazy("subsets", "run_herding"),
+}
+
+
+def distill(
+    method: str,
+    dataset,
+    ipc: int,
+    out: str | Path,
+    opts: dict[str, Any],
+    *,
+    seed: int = 0,
+    device: torch.device | str = "auto",
+) -> dict[str, Any]:
+    """Build a proxy of ``dataset`` with ``ipc`` images per class into ``out``."""
+    from nas_proxy.runtime import resolve_device
+
+    if method not in METHODS:
+        raise UserError(f"--method {method}: unknown; known methods: {', '.join(METHODS)}")
+    if ipc < 1:
+        raise UserError(f"--ipc {ipc}: must be at least 1")
+    sizes = torch.bincount(dataset.train_y, minlength=dataset.num_classes)
+    smallest = int(sizes.argmin())
+    if int(sizes[smallest]) < ipc:
+        raise UserError(
+            f"--ipc {ipc} is larger than class '{dataset.classes[smallest]}' "
+            f"({int(sizes[smallest])} training images)"
+        )
+    return METHODS[method](
+        dataset, ipc, Path(out), dict(opts), seed=seed, device=resolve_device(device)
+    )

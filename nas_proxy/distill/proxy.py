@@ -1,0 +1,199 @@
+"""The proxy file format (DESIGN.md section 4) and training candidates on a proxy.
+
+``DIR/proxy.safetensors`` holds ``images`` (float32 N×C×H×W, normalized space), ``labels``
+(int64 N, or float32 N×classes soft labels), ``lr`` (scalar, when learned) and ``zca.*`` (when
+the images live in ZCA-whitened space). ``DIR/proxy.json`` holds the metadata, the training
+recipe candidates should use, and the SHA-256 of the tensors file. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas_proxy.augment import ZCA
+from nas_proxy.data import Dataset
+from nas_proxy.errors import UserError
+from nas_proxy.io import file_sha256, load_tensors, read_json, save_tensors, write_json
+from nas_proxy.runtime import versions
+from nas_proxy.train import EpochCallback, TrainConfig, TrainResult, fit
+
+FORMAT_VERSION = 1
+TENSORS_FILE = "proxy.safetensors"
+META_FILE = "proxy.json"
+
+# How candidates train on a proxy unless the proxy says otherwise: the MTT evaluation recipe
+# (SGD with momentum, step decay at half), scaled to a CPU budget.
+DEFAULT_RECIPE: dict[str, Any] = {
+    "epochs": 300, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+    "batch_size": 256, "schedule": "step", "augment": None,
+}
+
+
+@dataclass
+class Proxy:
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: dict[str, Any]
+    lr: float | None = None
+    zca: ZCA | None = None
+    path: Path | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.meta.get("method", "?")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        recipe = {**DEFAULT_RECIPE, **self.meta.get("recipe", {})}
+        if self.lr is not None:
+            recipe["lr"] = self.lr
+        return recipe
+
+    def train_config(self, seed: int = 0, **overrides: Any) -> TrainConfig:
+        """The proxy's recipe as a TrainConfig; ``None`` overrides are ignored."""
+        recipe = {**self.recipe, **{k: v for k, v in overrides.items() if v is not None}}
+        # Scoring real val data costs far more than an epoch on a few hundred images: evaluate
+        # about ten times per run (enough for pruning) unless asked otherwise.
+        recipe.setdefault("eval_every", max(1, int(recipe.get("epochs", 1)) // 10))
+        fields = TrainConfig.__dataclass_fields__
+        return TrainConfig(**{k: v for k, v in recipe.items() if k in fields}, seed=seed)
+
+
+def save_proxy(
+    out_dir: str | Path,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    method: str,
+    dataset: Dataset,
+    ipc: int,
+    recipe: dict[str, Any] | None = None,
+    lr: float | None = None,
+    zca: ZCA | None = None,
+    settings: dict[str, Any] | None = None,
+    expert_key: str | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
+    wall_s: float | None = None,
+) -> Path:
+    """Write the proxy atomically (tensors first, then the JSON that vouches for them).
+
+    ``wall_s`` is the total cost of building the proxy (experts included), which rank reports
+    amortise over the candidates.
+    """
+    out = Path(out_dir)
+    tensors = {"images": images.detach().float().cpu(), "labels": labels.detach().cpu()}
+    if lr is not None:
+        tensors["lr"] = torch.tensor(float(lr))
+    if zca is not None:
+        tensors.update({f"zca.{k}": v for k, v in zca.state_dict().items()})
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
+    save_tensors(out / TENSORS_FILE, tensors)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "method": method,
+        "dataset": dataset.name,
+        "dataset_checksum": dataset.checksum,
+        "ipc": ipc,
+        "images": len(images),
+        "classes": dataset.classes,
+        "num_classes": dataset.num_classes,
+        "shape": list(images.shape[1:]),
+        "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
+        "zca": zca is not None,
+        "soft_labels": labels.dtype != torch.long,
+        "learned_lr": lr,
+        "recipe": {**DEFAULT_RECIPE, **(recipe or {}), **({"lr": lr} if lr is not None else {})},
+        "expert_key": expert_key,
+        "wall_s": wall_s,
+        "settings": settings or {},
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tensors_sha256": file_sha256(out / TENSORS_FILE),
+    }
+    write_json(out / META_FILE, meta)
+    return out
+
+
+def load_proxy(path: str | Path) -> Proxy:
+    """Load a proxy folder; anything but valid safetensors + JSON is a UserError."""
+    root = Path(path)
+    if root.is_file():
+        root = root.parent
+    if not root.is_dir():
+        raise UserError(f"--proxy {path}: no such directory")
+    meta_path, tensors_path = root / META_FILE, root / TENSORS_FILE
+    if not meta_path.is_file() or not tensors_path.is_file():
+        raise UserError(f"{root}: not a proxy (expected {META_FILE} and {TENSORS_FILE})")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{meta_path}: not a nas-proxy proxy description (format_version)")
+    expected = meta.get("tensors_sha256")
+    if expected and file_sha256(tensors_path) != expected:
+        raise UserError(f"{tensors_path}: checksum does not match {META_FILE} (file changed or "
+                        "half-written)")
+    tensors = load_tensors(tensors_path)
+    for key in ("images", "labels"):
+        if key not in tensors:
+            raise UserError(f"{tensors_path}: missing tensor '{key}'")
+    images, labels = tensors["images"], tensors["labels"]
+    if len(images) != len(labels):
+        raise UserError(f"{tensors_path}: {len(images)} images but {len(labels)} labels")
+    zca_state = {k[4:]: v for k, v in tensors.items() if k.startswith("zca.")}
+    lr = float(tensors["lr"]) if "lr" in tensors else None
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return Proxy(images=images.float(), labels=labels, meta=meta, lr=lr,
+                 zca=ZCA.from_state(zca_state) if zca_state else None, path=root, extra=extra)
+
+
+def check_compatible(proxy: Proxy, dataset: Dataset) -> None:
+    if proxy.meta.get("dataset") != dataset.name:
+        raise UserError(f"proxy {proxy.path} was distilled from '{proxy.meta.get('dataset')}', "
+                        f"not '{dataset.name}'")
+    if list(proxy.images.shape[1:]) != list(dataset.shape):
+        raise UserError(f"proxy {proxy.path} images have shape {list(proxy.images.shape[1:])}, "
+                        f"dataset '{dataset.name}' has {list(dataset.shape)}")
+
+
+def real_view(proxy: Proxy, x: torch.Tensor) -> torch.Tensor:
+    """Real data in the proxy's input space (ZCA-whitened when the proxy is)."""
+    return proxy.zca.transform(x) if proxy.zca is not None else x
+
+
+def train_on_proxy(
+    proxy: Proxy,
+    dataset: Dataset,
+    spec: str,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    score_split: str = "val",
+    on_epoch: EpochCallback | None = None,
+    desc: str | None = None,
+    **overrides: Any,
+) -> tuple[nn.Module, TrainResult]:
+    """Train ``spec`` from scratch on the proxy with its recipe; score on real data.
+
+    ``score_split`` is the real split reported as validation (``val`` for search decisions,
+    ``test`` for a final evaluation). BatchNorm statistics are recalibrated on real training
+    images before scoring unless ``recalibrate_norm=False`` is passed.
+    """
+    check_compatible(proxy, dataset)
+    cfg = proxy.train_config(seed=seed, **overrides)
+    split = {"val": (dataset.val_x, dataset.val_y), "test": (dataset.test_x, dataset.test_y)}
+    if score_split not in split:
+        raise UserError(f"score split '{score_split}': expected val or test")
+    x, y = split[score_split]
+    return fit(spec, proxy.images, proxy.labels, cfg, num_classes=proxy.num_classes,
+               device=device, val=(real_view(proxy, x), y),
+               recalibrate_x=real_view(proxy, dataset.train_x), on_epoch=on_epoch, desc=desc)

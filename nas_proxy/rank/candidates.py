@@ -1,0 +1,145 @@
+"""Which architectures to rank: a YAML list of specs, or a sample of an Optuna study's trials.
+
+The study is read through Optuna itself (``optuna.load_study`` and each trial's user attributes,
+DESIGN.md section 4), so rank does not depend on the search stage's code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nas_proxy.errors import UserError
+from nas_proxy.models import parse_spec
+from nas_proxy.rank.metrics import stratified_sample
+
+
+@dataclass
+class Candidate:
+    """One architecture to rank. ``trial``/``proxy_score``/``proxy_wall_s`` come from a study."""
+
+    arch: str  # canonical spec
+    family: str
+    trial: int | None = None
+    proxy_score: float | None = None
+    proxy_wall_s: float | None = None
+
+
+def _canonical(where: str, spec: Any) -> tuple[str, str]:
+    if not isinstance(spec, str):
+        raise UserError(f"{where}: expected a spec string like 'convnet:depth=3,width=64', "
+                        f"got {spec!r}")
+    try:
+        parsed = parse_spec(spec)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return str(parsed), parsed.family
+
+
+def load_candidates_file(path: str | Path) -> list[Candidate]:
+    """A YAML list of spec strings (duplicates, after canonicalisation, are kept once)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--candidates {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--candidates {path}: cannot read ({e})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--candidates {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, list) or not data:
+        raise UserError(f"--candidates {path}: expected a non-empty YAML list of spec strings")
+    out: dict[str, Candidate] = {}
+    for i, spec in enumerate(data, 1):
+        arch, family = _canonical(f"--candidates {path}: entry {i}", spec)
+        out.setdefault(arch, Candidate(arch, family))
+    return list(out.values())
+
+
+def load_study(storage: str, study_name: str):
+    """Open an existing Optuna study; a missing study or bad URL is a UserError.
+
+    ``storage`` is an Optuna storage URL (``sqlite:///…``, ``postgresql://…``) or the path of a
+    journal file (``…/study.log`` or ``journal:///path``), the embedded default of ``search``.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=study_name, storage=_storage(storage))
+    except KeyError:
+        raise UserError(f"--study {study_name}: no such study in {storage}") from None
+    except (ValueError, ImportError, optuna.exceptions.OptunaError) as e:
+        raise UserError(f"--storage {storage}: cannot open ({str(e).splitlines()[0]})") from None
+
+
+def _storage(url: str):
+    if "://" in url and not url.startswith("journal:"):
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(url.removeprefix("journal://").removeprefix("journal:"))
+    if not path.is_file():
+        raise UserError(f"--storage {url}: journal file not found")
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def study_trials(study) -> list[Candidate]:
+    """Finished trials with an ``arch`` attribute and a finite proxy score, one per spec."""
+    import optuna
+
+    out: dict[str, Candidate] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        arch = t.user_attrs.get("arch")
+        score = t.user_attrs.get("proxy_score", t.value if len(t.values or []) == 1 else None)
+        if not arch or score is None or not math.isfinite(float(score)):
+            continue
+        canonical, family = _canonical(f"trial {t.number}", arch)
+        if canonical in out:  # a repeat of an evaluated spec carries no new information
+            continue
+        wall = t.user_attrs.get("wall_s")
+        out[canonical] = Candidate(canonical, family, trial=t.number, proxy_score=float(score),
+                                   proxy_wall_s=None if wall is None else float(wall))
+    return list(out.values())
+
+
+def sample_study(study, n: int, top_k: int, seed: int) -> list[Candidate]:
+    """The top_k trials by proxy score plus a stratified sample over the score range (n in all).
+
+    Why stratified: TPE crowds trials into one region, and a plain random sample would inherit
+    that crowding and make ρ look better or worse than it is across the space.
+    """
+    trials = study_trials(study)
+    if not trials:
+        raise UserError(f"study '{study.study_name}' has no finished trial with 'arch' and "
+                        "'proxy_score' attributes")
+    chosen = stratified_sample([c.proxy_score for c in trials], n, top_k, seed)
+    return [trials[i] for i in chosen]
+
+
+# Same convention as the search stage's ``set_full_score``/``full_scores`` (which rank may not
+# import): one study user attribute per trial, so concurrent writers never overwrite each other.
+FULL_SCORE_PREFIX = "full_score:"
+
+
+def record_full_scores(study, scores: dict[int, float | None]) -> str:
+    """Write each trial's ``full_score`` back to the study; returns where it went.
+
+    Optuna refuses to change a finished trial's attributes, so each score is the study user
+    attribute ``full_score:<trial number>``. Candidates without a score are skipped.
+    """
+    for number, value in scores.items():
+        if value is not None and math.isfinite(value):
+            study.set_user_attr(f"{FULL_SCORE_PREFIX}{int(number)}", float(value))
+    return f"study user attributes '{FULL_SCORE_PREFIX}<trial number>'"
+
+
+def search_seed(study) -> int | None:
+    """The seed the search trained its candidates with, when the study records it."""
+    seed = (study.user_attrs.get("nas_proxy_settings") or {}).get("seed")
+    return None if seed is None else int(seed)

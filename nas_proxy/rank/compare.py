@@ -1,0 +1,379 @@
+"""Several proxies ranked against the same full-data ground truth, on the same candidates.
+
+:func:`rank_candidates` is the library function behind ``nas-proxy rank``: it scores every
+candidate with the ground truth (R seeds, the noise ceiling) and with each proxy (distilled or
+subset proxies, short full-data training, zero-cost scores), computes the rank metrics over all
+candidates *and* over the best ones by full score, and writes the report.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nas_proxy.errors import UserError
+from nas_proxy.rank.baselines import ZERO_COST
+from nas_proxy.rank.candidates import Candidate
+from nas_proxy.rank.ground_truth import (
+    PROXY_SEED_OFFSET,
+    DataRef,
+    Scorer,
+    full_scorer,
+    make_jobs,
+    run_jobs,
+)
+from nas_proxy.rank.metrics import rank_summary, ranks
+from nas_proxy.train import TrainConfig
+
+SUMMARY_KEYS = ("spearman", "spearman_ci", "kendall", "top_k_overlap", "regret")
+
+
+@dataclass
+class ProxyColumn:
+    """One proxy's scores on the candidates (aligned with them) and what it cost."""
+
+    name: str
+    kind: str  # proxy | short | zero-cost | search
+    scores: list[float | None]
+    wall_s: list[float | None]
+    amortized_s: float | None = None  # one-off cost shared by the candidates (distillation)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def cost_per_candidate(self) -> float | None:
+        known = [w for w in self.wall_s if w is not None]
+        if not known:
+            return None
+        return float(np.mean(known)) + (self.amortized_s or 0.0) / max(len(self.scores), 1)
+
+
+def build_cost(meta: dict[str, Any], path: str | Path,
+               known: dict[str, float] | None = None) -> float | None:
+    """Seconds it took to build a proxy: its proxy.json's ``wall_s``, else ``known[path]``."""
+    if meta.get("wall_s") is not None:
+        return float(meta["wall_s"])
+    known = {str(Path(k).resolve()): v for k, v in (known or {}).items()}
+    return known.get(str(Path(path).resolve()))
+
+
+def proxy_scorers(dirs: Sequence[str], dataset_name: str, seed: int,
+                  overrides: dict[str, Any] | None = None,
+                  build_s: dict[str, float] | None = None) -> list[Scorer]:
+    """A scorer per proxy folder: train on the proxy with its recipe, score on real val."""
+    from nas_proxy.distill.proxy import load_proxy
+
+    # Only the final score matters here (search needs per-epoch values to prune, rank does not).
+    overrides = {"eval_every": 0, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    loaded = [load_proxy(d) for d in dirs]
+    methods = [p.method for p in loaded]
+    out = []
+    for d, p in zip(dirs, loaded, strict=True):
+        if p.meta.get("dataset") != dataset_name:
+            raise UserError(f"--proxy {d}: distilled from '{p.meta.get('dataset')}', but the "
+                            f"ranking uses '{dataset_name}' (pass --dataset)")
+        # Same method twice (two MTT proxies): tell them apart by folder name.
+        name = p.method if methods.count(p.method) == 1 else f"{p.method}@{Path(d).name}"
+        out.append(Scorer(
+            "proxy", name, {"proxy": p.meta.get("tensors_sha256"), "overrides": overrides},
+            seeds=(seed + PROXY_SEED_OFFSET,), proxy_dir=str(Path(d).resolve()),
+            amortized_s=build_cost(p.meta, d, build_s),
+            extra={"method": p.method, "ipc": p.meta.get("ipc"), "dir": str(d),
+                   "images": p.meta.get("images")}))
+    return out
+
+
+def zero_cost_scorers(names: Sequence[str], seed: int, batch: int = 64) -> list[Scorer]:
+    return [Scorer("zero-cost", n, {"metric": n, "batch": batch},
+                   seeds=(seed + PROXY_SEED_OFFSET,)) for n in names if n in ZERO_COST]
+
+
+def _by_spec(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        grouped[(r["scorer"], r["spec"])].append(r)
+    return grouped
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(known)) if len(known) == len(values) and known else None
+
+
+def _metrics(proxy: Sequence[float | None], full: Sequence[float | None],
+             by_seed: np.ndarray | None, top_k: int, top_n: int, seed: int,
+             n_boot: int) -> dict[str, Any]:
+    """Metrics over all candidates and over the top_n by full score (both, always)."""
+    x = np.array([np.nan if v is None else v for v in proxy], dtype=float)
+    y = np.array([np.nan if v is None else v for v in full], dtype=float)
+    whole = rank_summary(x, y, top_k=top_k, full_by_seed=by_seed, seed=seed, n_boot=n_boot)
+    order = np.argsort(-np.where(np.isfinite(y), y, -np.inf), kind="stable")[:top_n]
+    top = rank_summary(x[order], y[order], top_k=min(top_k, top_n), seed=seed, n_boot=n_boot,
+                       full_by_seed=None if by_seed is None else by_seed[order])
+    return {"all": whole, "top": top}
+
+
+def rank_candidates(
+    candidates: list[Candidate],
+    *,
+    data: DataRef,
+    recipe: TrainConfig,
+    out: str | Path,
+    proxies: Sequence[str] = (),
+    proxy_overrides: dict[str, Any] | None = None,
+    proxy_build_s: dict[str, float] | None = None,
+    search_proxy: dict[str, Any] | None = None,
+    short_epochs: int | None = None,
+    zero_cost: Sequence[str] = ZERO_COST,
+    ceiling_seeds: int = 2,
+    avoid_seeds: Sequence[int] = (),
+    top_k: int = 5,
+    top_n: int | None = None,
+    workers: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    n_boot: int = 2000,
+    source: dict[str, Any] | None = None,
+    write_back: Callable[[list[Candidate], list[float | None]], str] | None = None,
+) -> dict[str, Any]:
+    """Score ``candidates`` with the ground truth and every proxy; write the report to ``out``.
+
+    ``search_proxy``: when the candidates come from a study, the proxy that scored them there
+    (``{"name", "amortized_s"}``); its scores are the candidates' ``proxy_score`` and it becomes
+    the main proxy. Otherwise the main proxy is the first of ``proxies``, else short training,
+    else the first zero-cost score. ``proxy_build_s`` ({proxy dir: seconds}) gives the cost of
+    building a proxy whose proxy.json does not record it. ``write_back(candidates,
+    full_scores)`` stores the ground truth where the candidates came from and says where.
+    Ground-truth seeds are ``seed, seed+1, ...`` skipping ``avoid_seeds`` (the seed the search
+    trained with: a ground-truth run from the same initial weights would share its luck).
+    Returns the summary (the ``--json`` object).
+    """
+    from nas_proxy.rank.report import write_report
+    from nas_proxy.runtime import resolve_device
+
+    start = time.perf_counter()
+    if len(candidates) < 1:
+        raise UserError("nothing to rank: no candidates")
+    if ceiling_seeds < 1:
+        raise UserError(f"--ceiling-seeds {ceiling_seeds}: need at least 1")
+    device = str(resolve_device(device))
+    out = Path(out)
+    cache = Path(cache_dir) if cache_dir else out.resolve().parent / "gt-cache"
+    dataset = data.load()
+    specs = [c.arch for c in candidates]
+    n = len(specs)
+    top_n = min(n, top_n if top_n else max(top_k, math.ceil(n / 2)))
+
+    gt_seeds = [s for s in range(seed, seed + ceiling_seeds + len(avoid_seeds))
+                if s not in avoid_seeds][:ceiling_seeds]
+    gt = full_scorer(recipe, seeds=gt_seeds)
+    scorers = [gt, *proxy_scorers(proxies, dataset.name, seed, proxy_overrides, proxy_build_s)]
+    if short_epochs:
+        scorers.append(full_scorer(recipe.replace(epochs=short_epochs),
+                                   name=f"short-{short_epochs}ep",
+                                   seeds=(seed + PROXY_SEED_OFFSET,)))
+    scorers += zero_cost_scorers(zero_cost, seed)
+    jobs = make_jobs(scorers, specs, data, dataset.checksum, cache, device)
+    records, counts = run_jobs(jobs, workers=workers, desc=f"rank {n} candidates")
+    grouped = _by_spec(records)
+
+    by_seed = np.array([[next((r["score"] for r in grouped[(gt.name, s)] if r["seed"] == sd),
+                              None) for sd in gt.seeds] for s in specs], dtype=float)
+    full = [None if not np.all(np.isfinite(row)) else float(row.mean()) for row in by_seed]
+    full_wall = [_mean([r["wall_s"] for r in grouped[(gt.name, s)]]) for s in specs]
+    full_cost = _mean([w for w in full_wall if w is not None]) if any(full_wall) else None
+
+    columns: list[ProxyColumn] = []
+    if search_proxy is not None:
+        columns.append(ProxyColumn(
+            search_proxy["name"], "search", [c.proxy_score for c in candidates],
+            [c.proxy_wall_s for c in candidates], search_proxy.get("amortized_s"),
+            {k: v for k, v in search_proxy.items() if k not in ("name", "amortized_s")}))
+    for s in scorers[1:]:
+        kind = "short" if s.kind == "full" else s.kind
+        columns.append(ProxyColumn(
+            s.name, kind, [_mean([r["score"] for r in grouped[(s.name, spec)]]) for spec in specs],
+            [_mean([r["wall_s"] for r in grouped[(s.name, spec)]]) for spec in specs],
+            s.amortized_s, dict(s.extra)))
+
+    seeds_arr = by_seed if ceiling_seeds >= 2 else None
+    entries = []
+    for col in columns:
+        m = _metrics(col.scores, full, seeds_arr, top_k, top_n, seed, n_boot)
+        cost = col.cost_per_candidate()
+        if col.kind in ("proxy", "search") and col.amortized_s is None:
+            m["all"]["notes"].append("the cost of building this proxy is unknown (not in its "
+                                     "proxy.json): cost and speed-up leave it out")
+        entries.append({
+            "name": col.name, "kind": col.kind,
+            **{k: m["all"][k] for k in (*SUMMARY_KEYS, "kendall_ci", "fraction_of_ceiling")},
+            "spearman_top": m["top"]["spearman"], "spearman_top_ci": m["top"]["spearman_ci"],
+            "kendall_top": m["top"]["kendall"], "top_k_overlap_top": m["top"]["top_k_overlap"],
+            "cost_s_per_candidate": cost, "amortized_s": col.amortized_s,
+            "speedup": (full_cost / cost) if cost and full_cost else None,
+            "notes": m["all"]["notes"], "notes_top": m["top"]["notes"], **col.info})
+    ceiling = _metrics(full, full, seeds_arr, top_k, top_n, seed, n_boot)
+
+    table = _table(candidates, full, by_seed, gt.seeds, grouped, gt.name, columns)
+    main = entries[0] if entries else None
+    summary: dict[str, Any] = {
+        "n": n,
+        **{k: (main[k] if main else None) for k in SUMMARY_KEYS},
+        "report": str(out / "report.html"),
+        "main_proxy": main["name"] if main else None,
+        "proxies": entries,
+        "ceiling": {
+            "value": ceiling["all"]["ceiling"], "ci": ceiling["all"]["ceiling_ci"],
+            "agreement": ceiling["all"]["ceiling_agreement"], "seeds": ceiling_seeds,
+            "value_top": ceiling["top"]["ceiling"], "ci_top": ceiling["top"]["ceiling_ci"],
+            # Only the ceiling's own caveats (the rest compare the ground truth with itself).
+            "notes": [s for s in ceiling["all"]["notes"] if s.startswith("ceiling") or "seed" in s]
+            if ceiling_seeds >= 2 else
+            ["one ground-truth seed (--ceiling-seeds 1): no noise ceiling"]},
+        "full": {"cost_s_per_candidate": full_cost, "seeds": list(gt.seeds),
+                 "recipe": gt.settings["recipe"], "scored_on": "val",
+                 "failed": int(sum(v is None for v in full))},
+        "top_k": top_k, "top_n": top_n, "dataset": dataset.name,
+        "dataset_checksum": dataset.checksum, "source": dict(source or {}),
+        "trained": counts["trained"], "reused": counts["reused"], "cache": str(cache),
+        "out": str(out), "wall_s": None,
+    }
+    if write_back is not None:
+        summary["source"]["full_score_written_to"] = write_back(candidates, full)
+    summary["wall_s"] = round(time.perf_counter() - start, 3)
+    summary["files"] = write_report(out, table, summary)
+    return summary
+
+
+def _table(candidates: list[Candidate], full: list[float | None], by_seed: np.ndarray,
+           seeds: Sequence[int], grouped: dict, gt_name: str,
+           columns: list[ProxyColumn]) -> pd.DataFrame:
+    """One row per candidate: ground truth, per-seed scores and every proxy's score and rank."""
+    df = pd.DataFrame({"arch": [c.arch for c in candidates],
+                       "family": [c.family for c in candidates]})
+    if any(c.trial is not None for c in candidates):
+        df["trial"] = [c.trial for c in candidates]
+    first = [grouped[(gt_name, c.arch)][0] for c in candidates]
+    df["params"] = [r.get("params") for r in first]
+    df["flops"] = [r.get("flops") for r in first]
+    df["full_score"] = full
+    for j, sd in enumerate(seeds):
+        df[f"full_score_seed{sd}"] = by_seed[:, j]
+    df["full_test_accuracy"] = [_mean([r.get("test_accuracy") for r in grouped[(gt_name, c.arch)]])
+                                for c in candidates]
+    df["full_rank"] = ranks(df["full_score"].astype(float))
+    if columns:
+        df["proxy_score"] = columns[0].scores
+        df["proxy_rank"] = ranks(df["proxy_score"].astype(float))
+    for col in columns:
+        df[f"proxy_score:{col.name}"] = col.scores
+        df[f"proxy_rank:{col.name}"] = ranks(df[f"proxy_score:{col.name}"].astype(float))
+        df[f"cost_s:{col.name}"] = col.wall_s
+    return df
+
+
+def recipe_config(recipe: dict[str, Any], dataset_name: str, seed: int = 0) -> TrainConfig:
+    """The ground-truth recipe (flag values) as a TrainConfig; ``augment: dsa`` means the
+    dataset's default DSA strategy, ``none`` no augmentation."""
+    from nas_proxy.augment import dsa_strategy_for
+
+    fields = {k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__}
+    aug = fields.get("augment")
+    if aug is None or str(aug).lower() in ("", "none"):
+        fields["augment"] = None
+    elif str(aug).lower() == "dsa":
+        fields["augment"] = dsa_strategy_for(dataset_name)
+    # Ranking needs only the final score: skip per-epoch validation unless asked for.
+    fields.setdefault("eval_every", 0)
+    return TrainConfig(**{**fields, "seed": seed})
+
+
+def _search_proxy(study, proxy_dir: str | None,
+                  build_s: dict[str, float] | None) -> tuple[dict[str, Any], str | None]:
+    """Name and distillation cost of the proxy a study was searched on (from its attributes)."""
+    from nas_proxy.distill.proxy import load_proxy
+
+    attrs = study.user_attrs
+    path = proxy_dir or attrs.get("proxy") or attrs.get("proxy_dir")
+    info: dict[str, Any] = {"name": "search", "amortized_s": None, "study": study.study_name}
+    dataset = attrs.get("dataset")
+    if path and Path(path).exists():
+        meta = load_proxy(path).meta
+        info.update(name=f"{meta.get('method', 'search')} (search)",
+                    amortized_s=build_cost(meta, path, build_s), method=meta.get("method"),
+                    dir=str(path))
+        dataset = dataset or meta.get("dataset")
+    return info, dataset
+
+
+def rank(
+    *,
+    out: str | Path,
+    recipe: dict[str, Any],
+    candidates_file: str | Path | None = None,
+    study: str | None = None,
+    storage: str | None = None,
+    study_proxy: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
+    train_limit: int | None = None,
+    proxies: Sequence[str] = (),
+    sample: int = 20,
+    top_k: int = 5,
+    seed: int = 0,
+    **options: Any,
+) -> dict[str, Any]:
+    """Candidates from a study (top_k + stratified sample of ``sample``) or a YAML file, ranked
+    by :func:`rank_candidates`; with a study, the full scores are written back to it.
+
+    The dataset is, in order: ``dataset``, the study's, the first proxy's, ``digits``.
+    ``options`` go to :func:`rank_candidates` (short_epochs, zero_cost, ceiling_seeds, ...).
+    """
+    from nas_proxy.distill.proxy import load_proxy
+    from nas_proxy.rank.candidates import (
+        load_candidates_file,
+        load_study,
+        record_full_scores,
+        sample_study,
+        search_seed,
+    )
+
+    if (candidates_file is None) == (study is None):
+        raise UserError("give exactly one of --study NAME (with --storage URL) or "
+                        "--candidates FILE")
+    if sample < 1 or top_k < 1:
+        raise UserError(f"--sample {sample} and --top-k {top_k} must be at least 1")
+    search_proxy, write_back = None, None
+    if study is not None:
+        if not storage:
+            raise UserError("--study needs --storage URL (the search's storage)")
+        st = load_study(storage, study)
+        cands = sample_study(st, sample, top_k, seed)
+        search_proxy, study_dataset = _search_proxy(st, study_proxy,
+                                                    options.get("proxy_build_s"))
+        dataset = dataset or study_dataset
+        source = {"study": study, "storage": storage, "sampled": len(cands),
+                  "search_seed": search_seed(st)}
+        if source["search_seed"] is not None:
+            options.setdefault("avoid_seeds", [source["search_seed"]])
+
+        def write_back(cs: list[Candidate], full: list[float | None]) -> str:
+            return record_full_scores(st, {c.trial: v for c, v in zip(cs, full, strict=True)})
+    else:
+        cands = load_candidates_file(candidates_file)
+        source = {"candidates": str(candidates_file)}
+    if not dataset and proxies:
+        dataset = load_proxy(proxies[0]).meta.get("dataset")
+    data = DataRef(dataset or "digits", data_dir, download, train_limit)
+    summary = rank_candidates(cands, data=data, recipe=recipe_config(recipe, data.name), out=out,
+                              proxies=proxies, search_proxy=search_proxy, top_k=top_k, seed=seed,
+                              source=source, write_back=write_back, **options)
+    return summary

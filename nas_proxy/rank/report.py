@@ -1,0 +1,245 @@
+"""The rank report: ranks.csv, summary.json, report.md, a self-contained report.html and plots.
+
+The headline table is built once (:func:`headline_rows`) and rendered both as Markdown and as
+HTML, so the two never disagree. Plots are PNGs; the HTML embeds them as base64 data URIs so the
+file can be mailed or attached without its folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nas_proxy.io import atomic_write, write_json
+
+HEADERS = ("proxy", "ρ [95% CI]", "τ", "top-k overlap", "regret", "ρ top-N [95% CI]",
+           "cost / candidate", "speed-up")
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _with_ci(v: float | None, ci: Sequence[float] | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.3f} [no CI]"
+
+
+def _seconds(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    if v < 1e-3:
+        return f"{v * 1e6:.0f} µs"
+    return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.1f} s"
+
+
+def _speedup(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.0f}×" if v >= 10 else f"{v:.2g}×"  # 0.48× says "slower than full training"
+
+
+def headline_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """One row per proxy, then the ground truth's own line (its cost and noise ceiling)."""
+    rows = []
+    for p in summary["proxies"]:
+        rows.append([p["name"], _with_ci(p["spearman"], p["spearman_ci"]), _num(p["kendall"]),
+                     _num(p["top_k_overlap"], 2), _num(p["regret"], 4),
+                     _with_ci(p["spearman_top"], p["spearman_top_ci"]),
+                     _seconds(p["cost_s_per_candidate"]),
+                     _speedup(p["speedup"])])
+    c = summary["ceiling"]
+    rows.append([f"full data ({c['seeds']} seed{'s' if c['seeds'] != 1 else ''}): ceiling",
+                 _with_ci(c["value"], c["ci"]), "", "", "", _with_ci(c["value_top"], c["ci_top"]),
+                 _seconds(summary["full"]["cost_s_per_candidate"]), "1×"])
+    return rows
+
+
+def _md_table(headers: Sequence[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(headers: Sequence[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _own(notes: list[str]) -> list[str]:
+    # The ceiling's caveats are listed once, under the ceiling; Kendall's bootstrap drops the
+    # same resamples as Spearman's (same seed, same rule), so its line would repeat.
+    return [s for s in notes if not s.startswith(("ceiling", "kendall bootstrap"))]
+
+
+def _notes(summary: dict[str, Any]) -> list[str]:
+    """Every caveat the metrics raised, prefixed by what it concerns."""
+    out = [f"noise ceiling: {s}" for s in summary["ceiling"]["notes"]]
+    for p in summary["proxies"]:
+        out += [f"{p['name']}: {s}" for s in _own(p["notes"])]
+        out += [f"{p['name']} (top {summary['top_n']}): {s}" for s in _own(p["notes_top"])]
+    return list(dict.fromkeys(out))
+
+
+def _intro(summary: dict[str, Any]) -> list[str]:
+    full = summary["full"]
+    recipe = full["recipe"]
+    epochs = f"{recipe['epochs']} epoch{'s' if recipe['epochs'] != 1 else ''}"
+    return [
+        f"{summary['n']} candidates on {summary['dataset']}; ground truth: full-data training, "
+        f"{epochs} ({recipe['optimizer']}, lr {recipe['lr']}, batch "
+        f"{recipe['batch_size']}), seeds {full['seeds']}, scored on the validation split "
+        "(mean over seeds).",
+        f"ρ: Spearman, τ: Kendall, over all candidates; top-N: the same over the best "
+        f"{summary['top_n']} by full score. Top-k overlap and regret use k = {summary['top_k']}. "
+        "Cost per candidate includes the candidate's share of building the proxy.",
+        f"Runs (ground truth and proxies) trained now: {summary['trained']}, reused from the "
+        f"cache: {summary['reused']}.",
+    ]
+
+
+def _candidates_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    cols = ["arch", "full_score", "full_rank"] + [c for c in table.columns
+                                                  if c.startswith("proxy_rank:")]
+    sub = table.sort_values("full_rank", na_position="last")[cols]
+    headers = [c.replace("proxy_rank:", "rank: ") for c in cols]
+    rows = [[("n/a" if pd.isna(v) else (f"{v:.4f}" if isinstance(v, float) and k == "full_score"
+              else (f"{v:g}" if isinstance(v, float) else str(v)))) for k, v in r.items()]
+            for r in sub.to_dict("records")]
+    return headers, rows
+
+
+def write_markdown(path: Path, summary: dict[str, Any], table: pd.DataFrame) -> Path:
+    parts = ["# Rank fidelity report", "", *[f"{s}  " for s in _intro(summary)], "",
+             "## Headline", "", _md_table(HEADERS, headline_rows(summary)), "",
+             "![proxy vs full score](scatter.png)", "", "![cost vs rho](cost_vs_rho.png)", ""]
+    notes = _notes(summary)
+    if notes:
+        parts += ["## Notes", "", *[f"- {s}" for s in notes], ""]
+    headers, rows = _candidates_rows(table)
+    parts += ["## Candidates", "", _md_table(headers, rows), ""]
+    text = "\n".join(parts)
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def _data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:left;font-size:14px}th{background:#f3f3f3}"
+        "img{max-width:48%;margin:1%}")
+
+
+def write_html(path: Path, summary: dict[str, Any], table: pd.DataFrame,
+               images: Sequence[Path]) -> Path:
+    """Self-contained: no external stylesheet, script or image source."""
+    headers, rows = _candidates_rows(table)
+    imgs = "".join(f'<img alt="{html.escape(p.stem)}" src="{_data_uri(p)}">' for p in images)
+    notes = "".join(f"<li>{html.escape(s)}</li>" for s in _notes(summary))
+    intro = "".join(f"<p>{html.escape(s)}</p>" for s in _intro(summary))
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Rank fidelity report"
+           f"</title><style>{_CSS}</style></head><body><h1>Rank fidelity report</h1>{intro}"
+           f"<h2>Headline</h2>{_html_table(HEADERS, headline_rows(summary))}<div>{imgs}</div>"
+           + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
+           + f"<h2>Candidates</h2>{_html_table(headers, rows)}</body></html>\n")
+    return atomic_write(path, lambda p: p.write_text(doc, encoding="utf-8"))
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _figure()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_scatter(path: Path, table: pd.DataFrame, summary: dict[str, Any]) -> Path:
+    """Full score (x) against each proxy's score as a within-proxy percentile (y).
+
+    Proxy scores live on different scales (accuracy, log synflow, parameter count), so each is
+    mapped to its rank percentile (1 = the proxy's best) to share one axis.
+    """
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    markers = "os^Dv<>pPX*h"
+    for i, p in enumerate(summary["proxies"]):
+        r = table[f"proxy_rank:{p['name']}"].astype(float)
+        pct = 1 - (r - 1) / max(r.count() - 1, 1)
+        rho = "n/a" if p["spearman"] is None else f"{p['spearman']:.2f}"
+        ax.scatter(table["full_score"], pct, s=28, alpha=0.75, marker=markers[i % len(markers)],
+                   color=plt.get_cmap("tab10")(i % 10), label=f"{p['name']} (ρ={rho})")
+    ax.set_xlabel("full-data score (validation, mean over seeds)")
+    ax.set_ylabel("proxy score, rank percentile (1 = proxy's best)")
+    ax.set_title(f"Proxy vs full-data ranking ({summary['n']} candidates)")
+    ax.grid(alpha=0.3)
+    if summary["proxies"]:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_cost_vs_rho(path: Path, summary: dict[str, Any]) -> Path:
+    """Spearman ρ (with its CI) against cost per candidate, log scale; ceiling as a band."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, p in enumerate(summary["proxies"]):
+        cost, rho = p["cost_s_per_candidate"], p["spearman"]
+        if cost is None or rho is None:
+            continue
+        ci = p["spearman_ci"]
+        err = [[rho - ci[0]], [ci[1] - rho]] if ci else None
+        ax.errorbar([max(cost, 1e-4)], [rho], yerr=err, fmt="o", capsize=3,
+                    color=plt.get_cmap("tab10")(i % 10), label=p["name"])
+        ax.annotate(p["name"], (max(cost, 1e-4), rho), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    c, full_cost = summary["ceiling"], summary["full"]["cost_s_per_candidate"]
+    if c["value"] is not None:
+        ax.axhline(c["value"], color="k", ls="--", lw=1, label="noise ceiling")
+        if c["ci"]:
+            ax.axhspan(c["ci"][0], c["ci"][1], color="k", alpha=0.08)
+    if full_cost:
+        ax.axvline(full_cost, color="gray", ls=":", lw=1, label="full training, one seed")
+    ax.set_xscale("log")
+    ax.set_xlabel("cost per candidate (s, log scale)")
+    ax.set_ylabel("Spearman ρ with full-data ranking")
+    ax.set_title("Rank fidelity vs cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_report(out: str | Path, table: pd.DataFrame, summary: dict[str, Any]) -> dict[str, str]:
+    """Write every report file into ``out``; returns {name: path}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "ranks": atomic_write(out / "ranks.csv", lambda p: table.to_csv(p, index=False)),
+        "scatter": plot_scatter(out / "scatter.png", table, summary),
+        "cost_vs_rho": plot_cost_vs_rho(out / "cost_vs_rho.png", summary),
+    }
+    files["markdown"] = write_markdown(out / "report.md", summary, table)
+    files["html"] = write_html(out / "report.html", summary, table,
+                               [files["scatter"], files["cost_vs_rho"]])
+    paths = {k: str(v) for k, v in files.items()}
+    paths["summary"] = str(out / "summary.json")
+    write_json(out / "summary.json", {**summary, "files": paths})
+    return paths
