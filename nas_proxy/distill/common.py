@@ -83,11 +83,11 @@ def save_image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path
             ax = axes[c][j]
             ax.axis("off")
             if j < len(row):
-                img = (row[j].detach().cpu() * s + m).clamp(0, 1)
+                img = (row[j].detach().cpu() * s + m).clamp(0, 1).numpy()
                 if img.shape[0] == 1:
                     ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
                 else:
-                    ax.imshow(img.permute(1, 2, 0))
+                    ax.imshow(img.transpose(1, 2, 0))
         if classes:
             axes[c][0].set_title(classes[c], fontsize=7, loc="left")
     if title:

@@ -405,6 +405,7 @@ def run_mtt(
         zca=zca,
         settings={**fingerprint, **asdict(cfg)},
         expert_key=",".join(s.experts.key for s in students),
+        wall_s=time.perf_counter() - start,  # experts included: rank amortises this cost
     )
     if dataset.is_image and not (out / "grid.png").exists():
         picture(cfg.iterations)

@@ -113,7 +113,7 @@ def write_proxy(out: Path, images: torch.Tensor, labels: torch.Tensor, *, method
     """Save the proxy and its picture; return the summary dict the CLI prints."""
     out = Path(out)
     save_proxy(out, images, labels, method=method, dataset=dataset, ipc=ipc,
-               recipe=eval_recipe(dataset, opts), settings=settings, zca=zca)
+               recipe=eval_recipe(dataset, opts), settings=settings, zca=zca, wall_s=wall_s)
     if dataset.is_image:
         view = zca.inverse(images) if zca is not None else images
         save_image_grid(view, labels, out / "grid.png", dataset.mean, dataset.std,
