@@ -103,10 +103,12 @@ class Objective:
         return len(self.objectives) > 1
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        if self.on_start is not None:
-            self.on_start()
+        # Record the owner before releasing the creation lock: a trial seen without an owner
+        # while the lock is held was left by a worker that died in between.
         if self.worker:
             trial.set_user_attr("worker", self.worker)
+        if self.on_start is not None:
+            self.on_start()
         try:
             return self._evaluate(trial)
         except optuna.TrialPruned:

@@ -32,6 +32,7 @@ Counting
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.util
 import multiprocessing as mp
 import os
@@ -321,12 +322,25 @@ def fail_dead_workers(study: optuna.Study, trials: Sequence[FrozenTrial] | None 
     storage = study._storage  # Optuna has no public API to fail another process's trial
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     n = 0
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB storages in a cache
+    single_machine = isinstance(backend, JournalStorage) or str(
+        getattr(getattr(backend, "engine", None), "url", "")).startswith("sqlite")
+    now = datetime.datetime.now()
     for t in (t for t in trials if t.state == TrialState.RUNNING):
         owner = str(t.user_attrs.get("worker", ""))
-        h, _, rest = owner.partition(":")
-        pid, _, start = rest.partition(":")
-        if h != host or not pid.isdigit() or _alive(int(pid), start):
-            continue
+        if not owner:
+            # Its creator died between creating the trial and recording itself (it held the
+            # creation lock, which we hold now). Workers on other machines do not share that
+            # lock, so on a shared server wait out the grace period first.
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            if not (single_machine or age > GRACE_PERIOD):
+                continue
+            h, pid = host, "?"
+        else:
+            h, _, rest = owner.partition(":")
+            pid, _, start = rest.partition(":")
+            if h != host or not pid.isdigit() or _alive(int(pid), start):
+                continue
         try:
             storage.set_trial_user_attr(
                 t._trial_id, "fail_reason", f"worker {h}:{pid} died; re-queued"
