@@ -68,7 +68,9 @@ def test_pipeline_json_has_every_stage(tiny_pipeline):
     assert names[0] == "mtt (search)" and "random" in names and "naswot" in names
     # The proxy's cost includes its share of the distillation (experts included).
     mtt = rank["proxies"][0]
-    assert mtt["amortized_s"] == pytest.approx(result["distill"]["wall_s"])
+    # proxy.json records the build cost when the proxy is saved, a few ms before the summary's.
+    assert mtt["amortized_s"] == pytest.approx(result["distill"]["wall_s"], abs=1.0)
+    assert mtt["amortized_s"] > 0.5 * result["distill"]["wall_s"]
 
 
 def test_pipeline_writes_report_and_says_where(tiny_pipeline):
