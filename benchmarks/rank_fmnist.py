@@ -45,9 +45,16 @@ CONVNET_SPACE = {
     "kernel": [3, 5],
 }
 # Small timm families at 28×28 (stride-1 stem): 4-60 MFLOPs per image, CPU-trainable.
-TIMM = ["timm:mobilenetv3_small_050", "timm:lcnet_050", "timm:mnasnet_small", "timm:tinynet_e",
-        "timm:mobilenetv3_small_100", "timm:lcnet_075", "timm:regnetx_002",
-        "timm:efficientnet_b0"]
+TIMM = [
+    "timm:mobilenetv3_small_050",
+    "timm:lcnet_050",
+    "timm:mnasnet_small",
+    "timm:tinynet_e",
+    "timm:mobilenetv3_small_100",
+    "timm:lcnet_075",
+    "timm:regnetx_002",
+    "timm:efficientnet_b0",
+]
 METHODS = ("mtt", "dm", "dc", "random", "herding")
 
 
@@ -72,7 +79,7 @@ def stage_candidates(args: argparse.Namespace) -> Path:
         return path
     if args.n_timm > len(TIMM):
         sys.exit(f"--n-timm {args.n_timm}: at most {len(TIMM)}")
-    specs = convnet_candidates(args.n_convnet, args.seed) + TIMM[:args.n_timm]
+    specs = convnet_candidates(args.n_convnet, args.seed) + TIMM[: args.n_timm]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"- {s}\n" for s in specs))
     print(f"candidates: {len(specs)} written to {path}", file=sys.stderr)
@@ -88,13 +95,21 @@ def _dataset(args: argparse.Namespace):
 def method_opts(method: str, args: argparse.Namespace) -> dict:
     """Distillation options for one method (None: the method's Fashion-MNIST default)."""
     if method == "mtt":
-        return {"iterations": args.mtt_iterations, "num_experts": args.num_experts,
-                "expert_epochs": args.expert_epochs, "max_start_epoch": args.max_start_epoch,
-                "syn_steps": args.syn_steps, "experts": str(args.out / "experts"),
-                "workers": args.workers, "arch": args.distill_arch}
+        return {
+            "iterations": args.mtt_iterations,
+            "num_experts": args.num_experts,
+            "expert_epochs": args.expert_epochs,
+            "max_start_epoch": args.max_start_epoch,
+            "syn_steps": args.syn_steps,
+            "experts": str(args.out / "experts"),
+            "workers": args.workers,
+            "arch": args.distill_arch,
+        }
     if method in ("dm", "dc"):
-        return {"iterations": args.dm_iterations if method == "dm" else args.dc_iterations,
-                "arch": args.distill_arch}
+        return {
+            "iterations": args.dm_iterations if method == "dm" else args.dc_iterations,
+            "arch": args.distill_arch,
+        }
     if method == "herding":
         return {"arch": args.distill_arch}
     return {}
@@ -114,8 +129,15 @@ def stage_distill(args: argparse.Namespace) -> dict[str, float]:
             print(f"distill {method}: reusing {out}", file=sys.stderr)
         else:
             print(f"distill {method}: ipc {args.ipc} → {out}", file=sys.stderr)
-            result = distill(method, data, args.ipc, out, method_opts(method, args),
-                             seed=args.seed, device=args.device)
+            result = distill(
+                method,
+                data,
+                args.ipc,
+                out,
+                method_opts(method, args),
+                seed=args.seed,
+                device=args.device,
+            )
             write_json(record, result)
         costs[str(out)] = float(result["wall_s"])
     return costs
@@ -126,14 +148,27 @@ def stage_rank(args: argparse.Namespace, costs: dict[str, float]) -> dict:
 
     proxies = [str(args.out / "proxies" / m) for m in args.methods]
     return rank(
-        out=args.out / "rank", candidates_file=args.out / "candidates.yaml",
+        out=args.out / "rank",
+        candidates_file=args.out / "candidates.yaml",
         recipe={"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
-        dataset="fashion-mnist", data_dir=args.data_dir, train_limit=args.train_limit,
-        proxies=proxies, top_k=args.top_k,
-        top_n=args.top_n, seed=args.seed, ceiling_seeds=args.seeds, avoid_seeds=(),
-        short_epochs=args.short_epochs, zero_cost=args.zero_cost, workers=args.workers,
-        device=args.device, cache_dir=args.out / "gt-cache", n_boot=args.bootstrap,
-        proxy_overrides={"epochs": args.proxy_epochs}, proxy_build_s=costs)
+        dataset="fashion-mnist",
+        data_dir=args.data_dir,
+        train_limit=args.train_limit,
+        proxies=proxies,
+        top_k=args.top_k,
+        top_n=args.top_n,
+        seed=args.seed,
+        ceiling_seeds=args.seeds,
+        avoid_seeds=(),
+        short_epochs=args.short_epochs,
+        zero_cost=args.zero_cost,
+        workers=args.workers,
+        device=args.device,
+        cache_dir=args.out / "gt-cache",
+        n_boot=args.bootstrap,
+        proxy_overrides={"epochs": args.proxy_epochs},
+        proxy_build_s=costs,
+    )
 
 
 def results_markdown(summary: dict, args: argparse.Namespace, wall_s: float) -> str:
@@ -145,13 +180,18 @@ def results_markdown(summary: dict, args: argparse.Namespace, wall_s: float) -> 
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     c = summary["ceiling"]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    return "\n".join([
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"{_cores()} cores; date {time.strftime('%Y-%m-%d')}; wall {wall_s / 60:.1f} min "
-        f"(trained {summary['trained']}, reused {summary['reused']}).",
-        f"Candidates: {summary['n']}; ρ over all of them, ρ top-N over the best "
-        f"{summary['top_n']} by full score; ceiling {c['value']} (CI {c['ci']}).",
-        f"Settings: `{json.dumps(settings, sort_keys=True)}`", "", *lines])
+    return "\n".join(
+        [
+            f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+            f"{_cores()} cores; date {time.strftime('%Y-%m-%d')}; wall {wall_s / 60:.1f} min "
+            f"(trained {summary['trained']}, reused {summary['reused']}).",
+            f"Candidates: {summary['n']}; ρ over all of them, ρ top-N over the best "
+            f"{summary['top_n']} by full score; ceiling {c['value']} (CI {c['ci']}).",
+            f"Settings: `{json.dumps(settings, sort_keys=True)}`",
+            "",
+            *lines,
+        ]
+    )
 
 
 def _cores() -> int:
@@ -161,17 +201,22 @@ def _cores() -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("runs/bench-rank-fmnist"))
     p.add_argument("--stage", choices=["all", "candidates", "distill", "rank"], default="all")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--train-limit", type=int, default=None,
-                   help="SMOKE RUNS ONLY: keep this many training images (the ground truth is "
-                        "then not full-data training)")
+    p.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="SMOKE RUNS ONLY: keep this many training images (the ground truth is "
+        "then not full-data training)",
+    )
     # candidates
     p.add_argument("--n-convnet", type=int, default=24)
     p.add_argument("--n-timm", type=int, default=6)
@@ -181,12 +226,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seeds", type=int, default=2, help="ground-truth seeds (noise ceiling)")
     # proxies
-    p.add_argument("--methods", default=",".join(METHODS),
-                   type=lambda s: [m.strip() for m in s.split(",") if m.strip()])
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+    )
     p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--distill-arch", default=None,
-                   help="architecture(s) to distill with, comma-separated [method default]",
-                   type=lambda s: [a.strip() for a in s.split(",")] if s else None)
+    p.add_argument(
+        "--distill-arch",
+        default=None,
+        help="architecture(s) to distill with, comma-separated [method default]",
+        type=lambda s: [a.strip() for a in s.split(",")] if s else None,
+    )
     p.add_argument("--mtt-iterations", type=int, default=None)
     p.add_argument("--num-experts", type=int, default=None)
     p.add_argument("--expert-epochs", type=int, default=None)
@@ -194,11 +245,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--syn-steps", type=int, default=None)
     p.add_argument("--dm-iterations", type=int, default=None)
     p.add_argument("--dc-iterations", type=int, default=None)
-    p.add_argument("--proxy-epochs", type=int, default=None,
-                   help="epochs candidates train on each proxy [the proxy's recipe]")
+    p.add_argument(
+        "--proxy-epochs",
+        type=int,
+        default=None,
+        help="epochs candidates train on each proxy [the proxy's recipe]",
+    )
     p.add_argument("--short-epochs", type=int, default=1)
-    p.add_argument("--zero-cost", default=",".join(ZERO_COST),
-                   type=lambda s: [z for z in s.split(",") if z and z != "none"])
+    p.add_argument(
+        "--zero-cost",
+        default=",".join(ZERO_COST),
+        type=lambda s: [z for z in s.split(",") if z and z != "none"],
+    )
     # metrics
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--top-n", type=int, default=10)

@@ -40,15 +40,23 @@ def main() -> None:
     n = max(args.batch_size, int(len(data.train_x) * args.fraction))
     x, y = data.train_x[:n], data.train_y[:n]
     cfg = TrainConfig(epochs=1, lr=0.01, batch_size=args.batch_size, eval_every=0)
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {device}, torch {torch.__version__}, "
-          f"batch {args.batch_size}, timed {n} images")
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, device {device}, torch {torch.__version__}, "
+        f"batch {args.batch_size}, timed {n} images"
+    )
     print("| arch | params | s / epoch (54,000 images) |")
     print("|---|---:|---:|")
     for spec in args.arch or ARCHS:
         # Warm-up on two batches so one-off costs (timm import, kernel selection) are not timed.
-        fit(spec, x[: 2 * args.batch_size], y[: 2 * args.batch_size], cfg,
-            num_classes=data.num_classes, device=device)
+        fit(
+            spec,
+            x[: 2 * args.batch_size],
+            y[: 2 * args.batch_size],
+            cfg,
+            num_classes=data.num_classes,
+            device=device,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()

@@ -53,8 +53,9 @@ def read_json(path: str | Path) -> Any:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
-def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
-                 metadata: Mapping[str, str] | None = None) -> Path:
+def save_tensors(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> Path:
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write(path, lambda p: save_file(flat, str(p), metadata=dict(metadata or {})))
 

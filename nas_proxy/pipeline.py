@@ -97,20 +97,45 @@ def run_pipeline(
     start = time.perf_counter()
     with _torch_threads(threads):
         stages = _stages(
-            Path(out), dataset=dataset, data_dir=data_dir, download=download, space=space,
-            distill_opts={"iterations": iterations, "num_experts": num_experts,
-                          "syn_steps": syn_steps, "expert_epochs": expert_epochs,
-                          "max_start_epoch": max_start_epoch, "workers": workers},
-            ipc=ipc, search_opts={"trials": trials, "pruner": pruner, "epochs": search_epochs,
-                                  "workers": workers},
-            rank_opts={"recipe": {"epochs": rank_epochs, "lr": rank_lr,
-                                  "batch_size": rank_batch_size},
-                       "sample": sample, "top_k": top_k, "ceiling_seeds": ceiling_seeds,
-                       "short_epochs": short_epochs, "zero_cost": zero_cost,
-                       "workers": workers},
-            seed=seed, device=device, say=say)
-    result = {**stages, "out": str(out), "report": stages["rank"]["report"],
-              "wall_s": round(time.perf_counter() - start, 3)}
+            Path(out),
+            dataset=dataset,
+            data_dir=data_dir,
+            download=download,
+            space=space,
+            distill_opts={
+                "iterations": iterations,
+                "num_experts": num_experts,
+                "syn_steps": syn_steps,
+                "expert_epochs": expert_epochs,
+                "max_start_epoch": max_start_epoch,
+                "workers": workers,
+            },
+            ipc=ipc,
+            search_opts={
+                "trials": trials,
+                "pruner": pruner,
+                "epochs": search_epochs,
+                "workers": workers,
+            },
+            rank_opts={
+                "recipe": {"epochs": rank_epochs, "lr": rank_lr, "batch_size": rank_batch_size},
+                "sample": sample,
+                "top_k": top_k,
+                "ceiling_seeds": ceiling_seeds,
+                "short_epochs": short_epochs,
+                "zero_cost": zero_cost,
+                "workers": workers,
+            },
+            seed=seed,
+            device=device,
+            say=say,
+        )
+    result = {
+        **stages,
+        "out": str(out),
+        "report": stages["rank"]["report"],
+        "wall_s": round(time.perf_counter() - start, 3),
+    }
     write_json(Path(out) / PIPELINE_JSON, result)
     return result
 
@@ -128,10 +153,21 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _stages(out: Path, *, dataset: str, data_dir: str | None, download: bool,
-            space: str | Path | None, ipc: int, distill_opts: dict[str, Any],
-            search_opts: dict[str, Any], rank_opts: dict[str, Any], seed: int, device: str,
-            say: Callable[[str], None]) -> dict[str, Any]:
+def _stages(
+    out: Path,
+    *,
+    dataset: str,
+    data_dir: str | None,
+    download: bool,
+    space: str | Path | None,
+    ipc: int,
+    distill_opts: dict[str, Any],
+    search_opts: dict[str, Any],
+    rank_opts: dict[str, Any],
+    seed: int,
+    device: str,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     """The four stages; each one's JSON under its name."""
     from nas_proxy.data import load_dataset
     from nas_proxy.distill import distill
@@ -153,23 +189,40 @@ def _stages(out: Path, *, dataset: str, data_dir: str | None, download: bool,
     random = distill("random", data, ipc, out / "random", {}, seed=seed, device=device)
     stages["distill"]["baselines"] = {"random": random}
 
-    say(f"[3/4] search: {search_opts['trials']} trials of {space.name} on the MTT proxy → "
-        f"{out / 'search'}")
-    stages["search"] = run_search(out / "mtt", space, out / "search", seed=seed, device=device,
-                                  data_dir=data_dir, download=download, **search_opts)
+    say(
+        f"[3/4] search: {search_opts['trials']} trials of {space.name} on the MTT proxy → "
+        f"{out / 'search'}"
+    )
+    stages["search"] = run_search(
+        out / "mtt",
+        space,
+        out / "search",
+        seed=seed,
+        device=device,
+        data_dir=data_dir,
+        download=download,
+        **search_opts,
+    )
 
-    say(f"[4/4] rank: {rank_opts['sample']} candidates retrained on the full data → "
-        f"{out / 'rank'}")
+    say(f"[4/4] rank: {rank_opts['sample']} candidates retrained on the full data → {out / 'rank'}")
     zero_cost = rank_opts.pop("zero_cost")
     stages["rank"] = rank(
-        out=out / "rank", study=stages["search"]["study"], storage=stages["search"]["storage"],
-        study_proxy=str(out / "mtt"), dataset=data.name, data_dir=data_dir, download=download,
-        proxies=[str(out / "random")], seed=seed, device=device,
+        out=out / "rank",
+        study=stages["search"]["study"],
+        storage=stages["search"]["storage"],
+        study_proxy=str(out / "mtt"),
+        dataset=data.name,
+        data_dir=data_dir,
+        download=download,
+        proxies=[str(out / "random")],
+        seed=seed,
+        device=device,
         zero_cost=list(ZERO_COST if zero_cost is None else zero_cost),
         # Random-subset candidates train exactly as long as the search trained MTT's.
         proxy_overrides={"epochs": search_opts["epochs"]},
         proxy_build_s=_build_costs(out, {"mtt": mtt, "random": random}),
-        **rank_opts)
+        **rank_opts,
+    )
     return stages
 
 

@@ -29,8 +29,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise UserError(f"--device {device}: CUDA is not available on this machine")
         index = name.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise UserError(
-                f"--device {device}: no such GPU (found {torch.cuda.device_count()})")
+            raise UserError(f"--device {device}: no such GPU (found {torch.cuda.device_count()})")
         return torch.device(name)
     raise UserError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
 
@@ -56,8 +55,12 @@ def versions() -> dict[str, str]:
     """Versions of the packages that decide results, recorded in every metadata file."""
     import nas_proxy
 
-    out = {"python": platform.python_version(), "nas_proxy": nas_proxy.__version__,
-           "torch": torch.__version__, "numpy": np.__version__}
+    out = {
+        "python": platform.python_version(),
+        "nas_proxy": nas_proxy.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
     for name in ("timm", "optuna", "scipy", "pandas"):
         try:
             out[name] = __import__(name).__version__

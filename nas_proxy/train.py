@@ -65,13 +65,15 @@ class TrainConfig:
 
         if self.optimizer not in OPTIMIZERS:
             raise UserError(
-                f"optimizer '{self.optimizer}': expected one of {', '.join(OPTIMIZERS)}")
+                f"optimizer '{self.optimizer}': expected one of {', '.join(OPTIMIZERS)}"
+            )
         if self.schedule not in SCHEDULES:
             raise UserError(f"schedule '{self.schedule}': expected one of {', '.join(SCHEDULES)}")
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
             raise UserError(
                 f"need epochs >= 0, batch size >= 1 and lr > 0 (got epochs={self.epochs}, "
-                f"batch_size={self.batch_size}, lr={self.lr})")
+                f"batch_size={self.batch_size}, lr={self.lr})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,16 +114,17 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float =
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 1024) -> tuple[float | None, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> tuple[float | None, float]:
     """Accuracy (None for regression) and mean loss of ``model`` in eval mode."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total_loss, correct, n = 0.0, 0, len(x)
     for i in range(0, n, batch_size):
-        xb = x[i:i + batch_size].to(device, non_blocking=True)
-        yb = y[i:i + batch_size].to(device, non_blocking=True)
+        xb = x[i : i + batch_size].to(device, non_blocking=True)
+        yb = y[i : i + batch_size].to(device, non_blocking=True)
         out = model(xb)
         total_loss += float(loss_fn(out, yb)) * len(xb)
         if yb.dtype == torch.long:
@@ -138,16 +141,20 @@ def has_batch_norm(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def recalibrate_norm(model: nn.Module, x: torch.Tensor, batches: int = 8,
-                     batch_size: int = 256, seed: int = 0) -> bool:
+def recalibrate_norm(
+    model: nn.Module, x: torch.Tensor, batches: int = 8, batch_size: int = 256, seed: int = 0
+) -> bool:
     """Re-estimate BatchNorm running statistics on real inputs (no labels needed).
 
     A network trained on a few hundred synthetic images keeps the statistics of those images,
     which wrecks its accuracy on real data; recomputing them on real batches fixes that.
     Returns whether anything was recalibrated.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and m.track_running_stats]
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if not bns or len(x) == 0:
         return False
     device = next(model.parameters()).device
@@ -160,7 +167,7 @@ def recalibrate_norm(model: nn.Module, x: torch.Tensor, batches: int = 8,
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g)
     for b in range(min(batches, math.ceil(len(x) / batch_size))):
-        idx = order[b * batch_size:(b + 1) * batch_size]
+        idx = order[b * batch_size : (b + 1) * batch_size]
         model(x[idx].to(device, non_blocking=True))
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
@@ -170,8 +177,9 @@ def recalibrate_norm(model: nn.Module, x: torch.Tensor, batches: int = 8,
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -238,13 +246,18 @@ def train_model(
         on_epoch(0, model, {})
     step, train_loss = start_epoch * steps_per_epoch, float("nan")
     model.train()
-    bar = progress(range(start_epoch + 1, cfg.epochs + 1), desc=desc or "train", unit="ep",
-                   initial=start_epoch, total=cfg.epochs)
+    bar = progress(
+        range(start_epoch + 1, cfg.epochs + 1),
+        desc=desc or "train",
+        unit="ep",
+        initial=start_epoch,
+        total=cfg.epochs,
+    )
     for epoch in bar:
         order = torch.randperm(n, generator=shuffle).to(device)
         loss_sum = torch.zeros((), device=device)
         for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             xb, yb = x[idx], y[idx]
             if augment is not None:
                 xb = augment(xb)
@@ -280,18 +293,36 @@ def train_model(
         val_acc, val_loss = score(val)
     test_acc, test_loss = score(test)
     return TrainResult(
-        train_loss=train_loss, val_accuracy=val_acc, val_loss=val_loss,
-        test_accuracy=test_acc, test_loss=test_loss, epochs=cfg.epochs, steps=step,
-        wall_s=time.perf_counter() - start, params=0, flops=0, config=cfg_run.to_dict(),
-        history=history)
+        train_loss=train_loss,
+        val_accuracy=val_acc,
+        val_loss=val_loss,
+        test_accuracy=test_acc,
+        test_loss=test_loss,
+        epochs=cfg.epochs,
+        steps=step,
+        wall_s=time.perf_counter() - start,
+        params=0,
+        flops=0,
+        config=cfg_run.to_dict(),
+        history=history,
+    )
 
 
-def _train_state(epoch: int, step: int, optimizer: torch.optim.Optimizer,
-                 shuffle: torch.Generator, augment,
-                 device: torch.device) -> dict[str, torch.Tensor]:
+def _train_state(
+    epoch: int,
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    augment,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
     """Everything but the weights that decides the rest of a run, as plain tensors."""
-    state = {"epoch": torch.tensor(epoch), "step": torch.tensor(step),
-             "rng.shuffle": shuffle.get_state(), "rng.torch": torch.get_rng_state()}
+    state = {
+        "epoch": torch.tensor(epoch),
+        "step": torch.tensor(step),
+        "rng.shuffle": shuffle.get_state(),
+        "rng.torch": torch.get_rng_state(),
+    }
     if augment is not None:
         state["rng.augment"] = augment.get_state()
     if device.type == "cuda":
@@ -303,8 +334,13 @@ def _train_state(epoch: int, step: int, optimizer: torch.optim.Optimizer,
     return state
 
 
-def _load_train_state(state: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                      shuffle: torch.Generator, augment, device: torch.device) -> int:
+def _load_train_state(
+    state: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    augment,
+    device: torch.device,
+) -> int:
     """Restore what :func:`_train_state` captured; returns the epoch it was taken at."""
     shuffle.set_state(state["rng.shuffle"])
     torch.set_rng_state(state["rng.torch"])
@@ -318,8 +354,9 @@ def _load_train_state(state: Mapping[str, torch.Tensor], optimizer: torch.optim.
             _, pid, name = key.split(".", 2)
             opt_state.setdefault(int(pid), {})[name] = value
     if opt_state:
-        optimizer.load_state_dict({"state": opt_state,
-                                   "param_groups": optimizer.state_dict()["param_groups"]})
+        optimizer.load_state_dict(
+            {"state": opt_state, "param_groups": optimizer.state_dict()["param_groups"]}
+        )
     return int(state["epoch"])
 
 
@@ -353,9 +390,20 @@ def fit(
     model = build_model(spec, in_shape, num_classes).to(resolve_device(device))
     if initial_state is not None:
         model.load_state_dict(dict(initial_state))
-    result = train_model(model, train_x, train_y, cfg, val=val, test=test,
-                         recalibrate_x=recalibrate_x, on_epoch=on_epoch, lr=lr, desc=desc,
-                         resume_state=resume_state, on_state=on_state)
+    result = train_model(
+        model,
+        train_x,
+        train_y,
+        cfg,
+        val=val,
+        test=test,
+        recalibrate_x=recalibrate_x,
+        on_epoch=on_epoch,
+        lr=lr,
+        desc=desc,
+        resume_state=resume_state,
+        on_state=on_state,
+    )
     profile = model_profile(spec, in_shape, num_classes)
     result.params, result.flops, result.arch = profile["params"], profile["flops"], profile["arch"]
     return model, result

@@ -29,8 +29,10 @@ RUNS = {
     "random": (run_random, {}),
     "herding": (run_herding, {"arch": TINY_ARCH, "herding_features": "random"}),
     "dm": (run_dm, {"arch": TINY_ARCH, "iterations": 3, "batch_real": 16}),
-    "dc": (run_dc, {"arch": TINY_ARCH, "iterations": 1, "outer_loop": 2, "inner_loop": 1,
-                    "batch_real": 8}),
+    "dc": (
+        run_dc,
+        {"arch": TINY_ARCH, "iterations": 1, "outer_loop": 2, "inner_loop": 1, "batch_real": 8},
+    ),
 }
 
 
@@ -58,8 +60,9 @@ def test_method_writes_a_valid_proxy(method, digits, tmp_path):
     assert proxy.images.shape == (IPC * digits.num_classes, *digits.shape)
     assert proxy.images.dtype == torch.float32 and torch.isfinite(proxy.images).all()
     assert proxy.labels.dtype == torch.long
-    assert proxy.labels.bincount(minlength=digits.num_classes).tolist() == \
-        [IPC] * digits.num_classes
+    assert (
+        proxy.labels.bincount(minlength=digits.num_classes).tolist() == [IPC] * digits.num_classes
+    )
     # every method gets the same evaluation recipe: the shared default + the dataset's DSA
     assert proxy.recipe == {**DEFAULT_RECIPE, "augment": dsa_strategy_for("digits")}
     assert proxy.meta["tensors_sha256"] == file_sha256(proxy.path / "proxy.safetensors")
@@ -67,8 +70,11 @@ def test_method_writes_a_valid_proxy(method, digits, tmp_path):
 
 
 def test_dsa_none_gives_an_unaugmented_recipe(digits, tmp_path, no_grid):
-    proxy = load_proxy(run_random(digits, IPC, tmp_path / "n", {"dsa": "none", "eval_epochs": 7},
-                                  seed=0, device=CPU)["dir"])
+    proxy = load_proxy(
+        run_random(
+            digits, IPC, tmp_path / "n", {"dsa": "none", "eval_epochs": 7}, seed=0, device=CPU
+        )["dir"]
+    )
     assert proxy.recipe["augment"] is None and proxy.recipe["epochs"] == 7
 
 
@@ -100,8 +106,9 @@ def test_herding_tracks_the_class_mean_better_than_random(digits, tmp_path, no_g
     for idx in class_indices(digits.train_y, digits.num_classes):
         f = features[idx]
         herded = f[herding_select(f, 5)].mean(0)
-        random = torch.stack([f[torch.randperm(len(f), generator=g)[:5]].mean(0)
-                              for _ in range(20)])
+        random = torch.stack(
+            [f[torch.randperm(len(f), generator=g)[:5]].mean(0) for _ in range(20)]
+        )
         gap_herded = (herded - f.mean(0)).norm()
         gap_random = (random - f.mean(0)).norm(dim=1)
         assert gap_herded < gap_random.min()

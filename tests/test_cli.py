@@ -12,8 +12,9 @@ from nas_proxy.cli import main
 
 def invoke(*args):
     """Run the real entry point in a subprocess: exit codes and stderr as a user sees them."""
-    proc = subprocess.run([sys.executable, "-m", "nas_proxy", *args], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas_proxy", *args], capture_output=True, text=True, timeout=300
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -25,26 +26,49 @@ def test_help_lists_commands():
 
 
 def test_train_json_keys_and_stdout_is_one_object():
-    code, out, err = invoke("train", "--dataset", "digits", "--arch", "mlp:hidden=64",
-                            "--epochs", "6", "--json", "--device", "cpu")
+    code, out, err = invoke(
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "mlp:hidden=64",
+        "--epochs",
+        "6",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     result = json.loads(out)
-    for key in ("arch", "dataset", "epochs", "val_accuracy", "test_accuracy", "params",
-                "flops", "wall_s"):
+    for key in (
+        "arch",
+        "dataset",
+        "epochs",
+        "val_accuracy",
+        "test_accuracy",
+        "params",
+        "flops",
+        "wall_s",
+    ):
         assert key in result
     assert result["test_accuracy"] > 0.8
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["train", "--arch", "resnet:depth=3"], "resnet"),
-    (["train", "--arch", "convnet:depth=3,colour=red"], "colour"),
-    (["train", "--arch", "mlp", "--device", "tpu"], "--device"),
-    (["train", "--arch", "mlp", "--dataset", "nope"], "nope"),
-    (["train", "--arch", "mlp", "--dataset", "fashion-mnist", "--data-dir", "/no/such/dir"],
-     "/no/such/dir"),
-    (["train", "--arch", "mlp", "--epochs", "0"], "epochs"),
-    (["train", "--arch", "mlp", "--config", "/no/such.yaml"], "/no/such.yaml"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--arch", "resnet:depth=3"], "resnet"),
+        (["train", "--arch", "convnet:depth=3,colour=red"], "colour"),
+        (["train", "--arch", "mlp", "--device", "tpu"], "--device"),
+        (["train", "--arch", "mlp", "--dataset", "nope"], "nope"),
+        (
+            ["train", "--arch", "mlp", "--dataset", "fashion-mnist", "--data-dir", "/no/such/dir"],
+            "/no/such/dir",
+        ),
+        (["train", "--arch", "mlp", "--epochs", "0"], "epochs"),
+        (["train", "--arch", "mlp", "--config", "/no/such.yaml"], "/no/such.yaml"),
+    ],
+)
 def test_user_errors_exit_2_with_one_line(args, needle):
     code, out, err = invoke(*args)
     assert code == 2
@@ -56,12 +80,16 @@ def test_user_errors_exit_2_with_one_line(args, needle):
 def test_config_file_sets_defaults_and_flags_win(tmp_path):
     cfg = tmp_path / "train.yaml"
     cfg.write_text("dataset: digits\narch: mlp:hidden=16\nepochs: 1\nbatch-size: 64\n")
-    code, out, err = invoke("train", "--config", str(cfg), "--epochs", "2", "--json",
-                            "--device", "cpu")
+    code, out, err = invoke(
+        "train", "--config", str(cfg), "--epochs", "2", "--json", "--device", "cpu"
+    )
     assert code == 0, err
     result = json.loads(out)
-    assert result["epochs"] == 2 and result["arch"].startswith("mlp:") and "hidden=16" in \
-        result["arch"]
+    assert (
+        result["epochs"] == 2
+        and result["arch"].startswith("mlp:")
+        and "hidden=16" in result["arch"]
+    )
 
 
 def test_unknown_config_key_is_a_user_error(tmp_path):
@@ -86,6 +114,15 @@ def test_truncated_fashion_mnist_is_exit_2(tmp_path):
     images = dst / "train-images-idx3-ubyte.gz"
     raw = gzip.decompress(images.read_bytes())
     images.write_bytes(gzip.compress(raw[: len(raw) // 2]))
-    code, _, err = invoke("train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path),
-                          "--arch", "mlp", "--epochs", "1")
+    code, _, err = invoke(
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(tmp_path),
+        "--arch",
+        "mlp",
+        "--epochs",
+        "1",
+    )
     assert code == 2 and "train-images" in err and len(err.strip().splitlines()) == 1

@@ -46,23 +46,50 @@ def test_help_lists_evaluate():
 
 
 def test_json_results_per_proxy_and_arch(monkeypatch, proxy_dir):
-    code, out, err = cli(monkeypatch, "evaluate", "--proxy", str(proxy_dir),
-                         "--arch", "mlp:hidden=16", "--arch", "convnet:depth=1,width=4",
-                         "--seeds", "2", "--json", *FAST)
+    code, out, err = cli(
+        monkeypatch,
+        "evaluate",
+        "--proxy",
+        str(proxy_dir),
+        "--arch",
+        "mlp:hidden=16",
+        "--arch",
+        "convnet:depth=1,width=4",
+        "--seeds",
+        "2",
+        "--json",
+        *FAST,
+    )
     assert code == 0, err
     results = json.loads(out)["results"]
     assert [r["arch"].split(":")[0] for r in results] == ["mlp", "convnet"]
     for r in results:
-        assert {"proxy", "method", "arch", "accuracy_mean", "accuracy_std", "seeds",
-                "accuracies", "wall_s"} <= set(r)
+        assert {
+            "proxy",
+            "method",
+            "arch",
+            "accuracy_mean",
+            "accuracy_std",
+            "seeds",
+            "accuracies",
+            "wall_s",
+        } <= set(r)
         assert r["method"] == "random" and r["seeds"] == 2 and len(r["accuracies"]) == 2
         assert 0.0 <= r["accuracy_mean"] <= 1.0 and r["accuracy_std"] >= 0.0
         assert r["accuracy_mean"] > 0.2  # 40 steps on 30 real images: well above chance
 
 
 def test_table_and_no_recalibrate_flag(monkeypatch, proxy_dir):
-    args = ("evaluate", "--proxy", str(proxy_dir), "--arch", "convnet:depth=1,width=4,norm=batch",
-            "--seeds", "1", *FAST)
+    args = (
+        "evaluate",
+        "--proxy",
+        str(proxy_dir),
+        "--arch",
+        "convnet:depth=1,width=4,norm=batch",
+        "--seeds",
+        "1",
+        *FAST,
+    )
     code, out, err = cli(monkeypatch, *args)
     assert code == 0, err
     assert "accuracy" in out.splitlines()[0] and "±" in out
@@ -71,13 +98,18 @@ def test_table_and_no_recalibrate_flag(monkeypatch, proxy_dir):
     assert len(json.loads(out)["results"]) == 1
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--proxy", "/no/such/proxy", "--arch", "mlp"], "/no/such/proxy"),
-    (["--arch", "mlp"], "--proxy"),
-    (["--proxy", "{proxy}", "--arch", "convnet:colour=red"], "colour"),
-    (["--proxy", "{proxy}", "--arch", "mlp", "--dataset", "mnist", "--data-dir", "{proxy}"],
-     "mnist"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--proxy", "/no/such/proxy", "--arch", "mlp"], "/no/such/proxy"),
+        (["--arch", "mlp"], "--proxy"),
+        (["--proxy", "{proxy}", "--arch", "convnet:colour=red"], "colour"),
+        (
+            ["--proxy", "{proxy}", "--arch", "mlp", "--dataset", "mnist", "--data-dir", "{proxy}"],
+            "mnist",
+        ),
+    ],
+)
 def test_user_errors_exit_2_with_one_line(monkeypatch, proxy_dir, args, needle):
     args = [a.replace("{proxy}", str(proxy_dir)) for a in args]
     code, _, err = cli(monkeypatch, "evaluate", *args, *FAST)
@@ -96,8 +128,9 @@ class _TouchOnUnpickle:
 
 
 @pytest.mark.parametrize("writer", ["pickle", "torch.save"])
-def test_pickle_disguised_as_proxy_is_refused_and_never_run(monkeypatch, proxy_dir, tmp_path,
-                                                            writer):
+def test_pickle_disguised_as_proxy_is_refused_and_never_run(
+    monkeypatch, proxy_dir, tmp_path, writer
+):
     # the payload is live: unpickling a twin of it does create its marker
     control = tmp_path / "control-marker"
     pickle.loads(pickle.dumps(_TouchOnUnpickle(control)))

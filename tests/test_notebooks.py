@@ -27,10 +27,19 @@ def test_notebook_executes(name, tiny_pipeline, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: see tests/test_rank.py
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
-                                     resources={"metadata": {"path": str(NOTEBOOKS.parent)}})
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=180,
+        resources={"metadata": {"path": str(NOTEBOOKS.parent)}},
+    )
     client.execute()  # raises CellExecutionError with the failing cell's traceback
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.output_type == "error"]
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.output_type == "error"
+    ]
     assert not errors
     assert os.environ["NAS_PROXY_RUN"] == str(tiny_pipeline["out"])

@@ -14,9 +14,32 @@ from click.testing import CliRunner
 from nas_proxy.cli import main
 
 # Every budget at its minimum that still exercises each stage.
-TINY = ["--iterations", "3", "--num-experts", "1", "--syn-steps", "3", "--expert-epochs", "1",
-        "--max-start-epoch", "0", "--trials", "3", "--search-epochs", "3", "--sample", "3",
-        "--top-k", "1", "--rank-epochs", "1", "--zero-cost", "params,naswot", "--device", "cpu"]
+TINY = [
+    "--iterations",
+    "3",
+    "--num-experts",
+    "1",
+    "--syn-steps",
+    "3",
+    "--expert-epochs",
+    "1",
+    "--max-start-epoch",
+    "0",
+    "--trials",
+    "3",
+    "--search-epochs",
+    "3",
+    "--sample",
+    "3",
+    "--top-k",
+    "1",
+    "--rank-epochs",
+    "1",
+    "--zero-cost",
+    "params,naswot",
+    "--device",
+    "cpu",
+]
 
 # A small corner of the ConvNet space: the test is about the plumbing, not the search.
 SPACE = """\
@@ -37,8 +60,20 @@ def run_tiny_pipeline(root: Path) -> dict[str, object]:
         out = root / "quickstart"
         space = root / "tiny.yaml"
         space.write_text(SPACE)
-        res = CliRunner().invoke(main, ["pipeline", "--dataset", "digits", "--out", str(out),
-                                        "--space", str(space), *TINY, "--json"])
+        res = CliRunner().invoke(
+            main,
+            [
+                "pipeline",
+                "--dataset",
+                "digits",
+                "--out",
+                str(out),
+                "--space",
+                str(space),
+                *TINY,
+                "--json",
+            ],
+        )
         if res.exception is not None and not isinstance(res.exception, SystemExit):
             raise res.exception
         assert res.exit_code == 0, res.stderr

@@ -27,10 +27,28 @@ CANDIDATES = [
     "convnet:depth=2,width=16,norm=batch",
     "convnet:depth=2,width=8,act=tanh,pool=max",
 ]
-SUMMARY_KEYS = ("n", "spearman", "spearman_ci", "kendall", "top_k_overlap", "regret", "report",
-                "proxies", "ceiling")
-PROXY_KEYS = ("name", "spearman", "spearman_ci", "kendall", "top_k_overlap", "regret",
-              "cost_s_per_candidate", "speedup", "spearman_top")
+SUMMARY_KEYS = (
+    "n",
+    "spearman",
+    "spearman_ci",
+    "kendall",
+    "top_k_overlap",
+    "regret",
+    "report",
+    "proxies",
+    "ceiling",
+)
+PROXY_KEYS = (
+    "name",
+    "spearman",
+    "spearman_ci",
+    "kendall",
+    "top_k_overlap",
+    "regret",
+    "cost_s_per_candidate",
+    "speedup",
+    "spearman_top",
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,10 +63,13 @@ def one_thread():
 
 def cli(*args: str) -> tuple[int, str, str]:
     """The real entry point in a subprocess: exit code, stdout, stderr as a user sees them."""
-    proc = subprocess.run([sys.executable, "-m", "nas_proxy", *args], capture_output=True,
-                          text=True, timeout=300,
-                          env={**os.environ, "NAS_PROXY_NO_PROGRESS": "1",
-                               "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas_proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NAS_PROXY_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"},
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -74,9 +95,24 @@ def digits_run(tmp_path_factory):
     distill("random", load_dataset("digits"), 5, root / "random", {}, seed=0, device="cpu")
     cands = root / "cands.yaml"
     cands.write_text("".join(f"- {c}\n" for c in CANDIDATES))
-    args = ["rank", "--candidates", str(cands), "--proxy", str(root / "random"),
-            "--proxy-epochs", "5", "--short-epochs", "1", "--epochs", "2", "--bootstrap", "200",
-            "--device", "cpu", "--json"]
+    args = [
+        "rank",
+        "--candidates",
+        str(cands),
+        "--proxy",
+        str(root / "random"),
+        "--proxy-epochs",
+        "5",
+        "--short-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--bootstrap",
+        "200",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     code, out, err = cli(*args, "--out", str(root / "first"))
     assert code == 0, err
     return {"root": root, "args": args, "summary": json.loads(out), "stderr": err}
@@ -105,8 +141,14 @@ def test_rank_json_keys_and_proxies_side_by_side(digits_run):
 def test_report_files_and_self_contained_html(digits_run):
     s = digits_run["summary"]
     out = digits_run["root"] / "first"
-    for name in ("ranks.csv", "summary.json", "report.md", "report.html", "scatter.png",
-                 "cost_vs_rho.png"):
+    for name in (
+        "ranks.csv",
+        "summary.json",
+        "report.md",
+        "report.html",
+        "scatter.png",
+        "cost_vs_rho.png",
+    ):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2
@@ -118,28 +160,42 @@ def test_report_files_and_self_contained_html(digits_run):
     import pandas as pd
 
     table = pd.read_csv(out / "ranks.csv")
-    for col in ("arch", "family", "full_score", "full_score_seed0", "full_score_seed1",
-                "full_rank", "proxy_score", "proxy_rank", "proxy_score:random",
-                "proxy_score:synflow", "proxy_rank:naswot"):
+    for col in (
+        "arch",
+        "family",
+        "full_score",
+        "full_score_seed0",
+        "full_score_seed1",
+        "full_rank",
+        "proxy_score",
+        "proxy_rank",
+        "proxy_score:random",
+        "proxy_score:synflow",
+        "proxy_rank:naswot",
+    ):
         assert col in table.columns, col
     assert len(table) == len(CANDIDATES)
-    assert np.allclose(table["full_score"], table[["full_score_seed0", "full_score_seed1"]]
-                       .mean(axis=1))
+    assert np.allclose(
+        table["full_score"], table[["full_score_seed0", "full_score_seed1"]].mean(axis=1)
+    )
     md = (out / "report.md").read_text()
     assert "| proxy | ρ [95% CI]" in md and "ceiling" in md and "nan" not in md.lower()
 
 
 def test_cached_ground_truth_is_reused(digits_run, monkeypatch, capsys):
     """A second report over the same candidates trains nothing."""
-    code, out, err = cli_in_process(monkeypatch, capsys, *digits_run["args"], "--out",
-                                    str(digits_run["root"] / "second"))
+    code, out, err = cli_in_process(
+        monkeypatch, capsys, *digits_run["args"], "--out", str(digits_run["root"] / "second")
+    )
     assert code == 0, err
     again = json.loads(out)
     assert again["trained"] == 0
     assert again["reused"] == digits_run["summary"]["trained"]
     assert again["spearman"] == digits_run["summary"]["spearman"]
-    assert again["full"]["cost_s_per_candidate"] == digits_run["summary"]["full"][
-        "cost_s_per_candidate"]
+    assert (
+        again["full"]["cost_s_per_candidate"]
+        == digits_run["summary"]["full"]["cost_s_per_candidate"]
+    )
 
 
 def _fake_study(storage: str, n: int = 12):
@@ -153,10 +209,20 @@ def _fake_study(storage: str, n: int = 12):
     dist = optuna.distributions.IntDistribution(1, 512)
     for i in range(n):
         hidden = 8 + 8 * i
-        study.add_trial(optuna.trial.create_trial(
-            params={"hidden": hidden}, distributions={"hidden": dist}, value=i / n,
-            user_attrs={"arch": f"mlp:hidden={hidden}", "proxy_score": i / n, "wall_s": 0.5,
-                        "params": 0, "flops": 0}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"hidden": hidden},
+                distributions={"hidden": dist},
+                value=i / n,
+                user_attrs={
+                    "arch": f"mlp:hidden={hidden}",
+                    "proxy_score": i / n,
+                    "wall_s": 0.5,
+                    "params": 0,
+                    "flops": 0,
+                },
+            )
+        )
     return study
 
 
@@ -177,9 +243,29 @@ def test_rank_from_study_writes_full_scores_back(tmp_path, monkeypatch, capsys):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     _fake_study(storage)
     code, out, err = cli_in_process(
-        monkeypatch, capsys, "rank", "--study", "s", "--storage", storage, "--sample", "4",
-        "--top-k", "1", "--epochs", "1", "--zero-cost", "params", "--bootstrap", "100",
-        "--device", "cpu", "--out", str(tmp_path / "rank"), "--json")
+        monkeypatch,
+        capsys,
+        "rank",
+        "--study",
+        "s",
+        "--storage",
+        storage,
+        "--sample",
+        "4",
+        "--top-k",
+        "1",
+        "--epochs",
+        "1",
+        "--zero-cost",
+        "params",
+        "--bootstrap",
+        "100",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "rank"),
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["n"] == 4
@@ -194,14 +280,29 @@ def test_rank_from_study_writes_full_scores_back(tmp_path, monkeypatch, capsys):
     assert len(written) == 4 and all(0 <= v <= 1 for v in written.values())
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["rank", "--out", "x"], "--candidates"),
-    (["rank", "--candidates", "a.yaml", "--study", "s", "--storage", "sqlite:///x.db",
-      "--out", "x"], "exactly one"),
-    (["rank", "--study", "s", "--out", "x"], "--storage"),
-    (["rank", "--candidates", "/no/such.yaml", "--out", "x"], "/no/such.yaml"),
-    (["rank", "--candidates", "CANDS", "--zero-cost", "synflow,magic", "--out", "x"], "magic"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["rank", "--out", "x"], "--candidates"),
+        (
+            [
+                "rank",
+                "--candidates",
+                "a.yaml",
+                "--study",
+                "s",
+                "--storage",
+                "sqlite:///x.db",
+                "--out",
+                "x",
+            ],
+            "exactly one",
+        ),
+        (["rank", "--study", "s", "--out", "x"], "--storage"),
+        (["rank", "--candidates", "/no/such.yaml", "--out", "x"], "/no/such.yaml"),
+        (["rank", "--candidates", "CANDS", "--zero-cost", "synflow,magic", "--out", "x"], "magic"),
+    ],
+)
 def test_user_errors_exit_2(tmp_path, monkeypatch, capsys, args, needle):
     cands = tmp_path / "c.yaml"
     cands.write_text("- mlp:hidden=8\n")
@@ -224,8 +325,10 @@ def test_candidates_file_names_the_bad_entry(tmp_path):
         load_candidates_file(path)
 
 
-@pytest.mark.parametrize("spec", ["convnet:depth=2,width=8,norm=batch", "mlp:hidden=16",
-                                  "convnet:depth=1,width=4,act=tanh"])
+@pytest.mark.parametrize(
+    "spec",
+    ["convnet:depth=2,width=8,norm=batch", "mlp:hidden=16", "convnet:depth=1,width=4,act=tanh"],
+)
 def test_zero_cost_scores_are_finite_and_deterministic(spec):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
@@ -247,8 +350,7 @@ def test_naswot_prefers_networks_that_separate_inputs():
 
 def test_parse_zero_cost():
     assert baselines.parse_zero_cost("none") == []
-    assert baselines.parse_zero_cost("grad-norm, NASWOT,params") == ["gradnorm", "naswot",
-                                                                     "params"]
+    assert baselines.parse_zero_cost("grad-norm, NASWOT,params") == ["gradnorm", "naswot", "params"]
     with pytest.raises(UserError, match="unknown score 'nope'"):
         baselines.parse_zero_cost("synflow,nope")
 
@@ -262,9 +364,17 @@ def test_degenerate_report_has_no_nan_with_two_workers(tmp_path):
     from nas_proxy.train import TrainConfig
 
     cands = [Candidate("mlp:hidden=8", "mlp"), Candidate("mlp:hidden=32", "mlp")]
-    s = rank_candidates(cands, data=DataRef("digits"), recipe=TrainConfig(epochs=1),
-                        out=tmp_path / "r", zero_cost=["params"], ceiling_seeds=1,
-                        device="cpu", n_boot=50, workers=2)
+    s = rank_candidates(
+        cands,
+        data=DataRef("digits"),
+        recipe=TrainConfig(epochs=1),
+        out=tmp_path / "r",
+        zero_cost=["params"],
+        ceiling_seeds=1,
+        device="cpu",
+        n_boot=50,
+        workers=2,
+    )
     text = json.dumps(s, allow_nan=False)
     assert s["spearman"] is None and "n=2 < 3" in text
     assert s["ceiling"]["value"] is None

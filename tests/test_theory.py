@@ -88,9 +88,28 @@ def test_subspace_report_keys_and_change_fraction():
 # ---------------------------------------------------------------------------------------------
 # Distillation, CLI and notebook (tiny settings: a few seconds each)
 
-TINY = ["--d", "12", "--k", "2", "--n-syn", "4", "--n-train", "600", "--hidden", "16",
-        "--iterations", "4", "--eval-steps", "20", "--eval-seeds", "1", "--scaling", "8,12",
-        "--device", "cpu"]
+TINY = [
+    "--d",
+    "12",
+    "--k",
+    "2",
+    "--n-syn",
+    "4",
+    "--n-train",
+    "600",
+    "--hidden",
+    "16",
+    "--iterations",
+    "4",
+    "--eval-steps",
+    "20",
+    "--eval-seeds",
+    "1",
+    "--scaling",
+    "8,12",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +125,14 @@ def test_perf_distillation_reduces_its_loss(small_task, tmp_path):
     from nas_proxy.theory.distill_tasks import distill_perf
 
     torch.set_num_threads(1)
-    opts = {"arch": "mlp:hidden=16,depth=1", "iterations": 60, "syn_steps": 10,
-            "lr_img": 30.0, "batch_real": 1800, "checkpoint_every": 1000}
+    opts = {
+        "arch": "mlp:hidden=16,depth=1",
+        "iterations": 60,
+        "syn_steps": 10,
+        "lr_img": 30.0,
+        "batch_real": 1800,
+        "checkpoint_every": 1000,
+    }
     summary = distill_perf(small_task, 4, tmp_path / "p", opts, seed=0)
     losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "p" / "log.csv"))]
     assert len(losses) == 60 and summary["images"] == 4
@@ -138,13 +163,27 @@ def test_cli_theory_returns_every_key(tmp_path):
 
     from nas_proxy.cli import main
 
-    res = CliRunner().invoke(main, ["theory", "--method", "perf", *TINY, "--out",
-                                    str(tmp_path / "t"), "--json"])
+    res = CliRunner().invoke(
+        main, ["theory", "--method", "perf", *TINY, "--out", str(tmp_path / "t"), "--json"]
+    )
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout.strip().splitlines()[-1])
-    for key in ("method", "d", "k", "n_syn", "test_error_distilled", "test_error_random",
-                "subspace_fraction", "isotropic_fraction", "principal_angles_deg", "transfer",
-                "change_subspace_fraction", "weight_alignment", "scaling", "plots"):
+    for key in (
+        "method",
+        "d",
+        "k",
+        "n_syn",
+        "test_error_distilled",
+        "test_error_random",
+        "subspace_fraction",
+        "isotropic_fraction",
+        "principal_angles_deg",
+        "transfer",
+        "change_subspace_fraction",
+        "weight_alignment",
+        "scaling",
+        "plots",
+    ):
         assert key in result, key
     assert set(result["test_error_random"]) == {"4", "40", "400", "540"}  # n_syn, 10x, 100x, all
     assert set(result["transfer"]) >= {"pretrained", "scratch"}
@@ -153,8 +192,13 @@ def test_cli_theory_returns_every_key(tmp_path):
     assert {"distilled", "random_4", "real_540"} == set(result["weight_alignment"])
     for path in result["plots"].values():
         assert path.endswith(".png") and (tmp_path / "t" / path.split("/")[-1]).is_file()
-    assert set(result["plots"]) == {"sample_efficiency", "subspace_fractions",
-                                    "principal_angles", "transfer", "scaling"}
+    assert set(result["plots"]) == {
+        "sample_efficiency",
+        "subspace_fractions",
+        "principal_angles",
+        "transfer",
+        "scaling",
+    }
 
 
 def test_cli_theory_user_errors():
@@ -167,8 +211,22 @@ def test_cli_theory_user_errors():
     assert isinstance(res.exception, UserError) and "--k" in str(res.exception)
     res = CliRunner().invoke(main, ["theory", "--scaling", "50,x"])
     assert isinstance(res.exception, UserError) and "--scaling" in str(res.exception)
-    res = CliRunner().invoke(main, ["theory", "--method", "mtt", "--task", "regression",
-                                    "--d", "6", "--n-train", "100", "--iterations", "1"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "theory",
+            "--method",
+            "mtt",
+            "--task",
+            "regression",
+            "--d",
+            "6",
+            "--n-train",
+            "100",
+            "--iterations",
+            "1",
+        ],
+    )
     assert isinstance(res.exception, UserError) and "mtt" in str(res.exception)
 
 
@@ -188,7 +246,8 @@ def test_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("NAS_PROXY_NO_PROGRESS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(root / "notebooks" / "theory.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=240,
-                                     resources={"metadata": {"path": str(root)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=240, resources={"metadata": {"path": str(root)}}
+    )
     client.execute()
     assert (tmp_path / "scaling.png").is_file() and (tmp_path / "result.json").is_file()

@@ -23,9 +23,16 @@ def digits():
 
 def test_convnet_learns_digits(digits):
     cfg = TrainConfig(epochs=4, lr=0.05, batch_size=64, seed=0)
-    _, res = fit("convnet:depth=2,width=16", digits.train_x, digits.train_y, cfg,
-                 num_classes=10, device="cpu", val=(digits.val_x, digits.val_y),
-                 test=(digits.test_x, digits.test_y))
+    _, res = fit(
+        "convnet:depth=2,width=16",
+        digits.train_x,
+        digits.train_y,
+        cfg,
+        num_classes=10,
+        device="cpu",
+        val=(digits.val_x, digits.val_y),
+        test=(digits.test_x, digits.test_y),
+    )
     assert res.val_accuracy > 0.85 and res.test_accuracy > 0.85
     assert res.params > 0 and res.flops > 0 and res.arch.startswith("convnet:")
     assert len(res.history) == 4 and res.history[0]["train_loss"] > res.history[-1]["train_loss"]
@@ -33,8 +40,17 @@ def test_convnet_learns_digits(digits):
 
 def test_same_seed_same_weights_other_seed_differs(digits):
     cfg = TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=3, augment="color_crop")
-    runs = [fit("mlp:hidden=32", digits.train_x, digits.train_y, cfg.replace(seed=s),
-                num_classes=10, device="cpu")[0] for s in (3, 3, 4)]
+    runs = [
+        fit(
+            "mlp:hidden=32",
+            digits.train_x,
+            digits.train_y,
+            cfg.replace(seed=s),
+            num_classes=10,
+            device="cpu",
+        )[0]
+        for s in (3, 3, 4)
+    ]
     a, b, c = (torch.cat([p.flatten() for p in m.parameters()]) for m in runs)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -43,8 +59,15 @@ def test_same_seed_same_weights_other_seed_differs(digits):
 def test_soft_labels_train_like_hard_labels(digits):
     soft = torch.nn.functional.one_hot(digits.train_y, 10).float()
     cfg = TrainConfig(epochs=3, lr=0.05, batch_size=64)
-    _, res = fit("mlp:hidden=32", digits.train_x, soft, cfg, num_classes=10, device="cpu",
-                 val=(digits.val_x, digits.val_y))
+    _, res = fit(
+        "mlp:hidden=32",
+        digits.train_x,
+        soft,
+        cfg,
+        num_classes=10,
+        device="cpu",
+        val=(digits.val_x, digits.val_y),
+    )
     assert res.val_accuracy > 0.8
 
 
@@ -61,8 +84,14 @@ def test_regression_targets_use_mse():
 def test_divergence_is_reported(digits):
     cfg = TrainConfig(epochs=2, lr=1e6, batch_size=64, momentum=0.0)
     with pytest.raises(TrainingDiverged):
-        fit("mlp:hidden=32,depth=2", digits.train_x, digits.train_y, cfg, num_classes=10,
-            device="cpu")
+        fit(
+            "mlp:hidden=32,depth=2",
+            digits.train_x,
+            digits.train_y,
+            cfg,
+            num_classes=10,
+            device="cpu",
+        )
 
 
 def test_recalibration_replaces_synthetic_batch_statistics(digits):
@@ -70,8 +99,14 @@ def test_recalibration_replaces_synthetic_batch_statistics(digits):
     # images must bring the running mean back to the real data's and restore accuracy.
     x_few = digits.train_x[:100] + 3.0
     cfg = TrainConfig(epochs=30, lr=0.05, batch_size=100, recalibrate_norm=False)
-    model, _ = fit("convnet:depth=2,width=16,norm=batch", x_few, digits.train_y[:100], cfg,
-                   num_classes=10, device="cpu")
+    model, _ = fit(
+        "convnet:depth=2,width=16,norm=batch",
+        x_few,
+        digits.train_y[:100],
+        cfg,
+        num_classes=10,
+        device="cpu",
+    )
     assert has_batch_norm(model)
     before, _ = evaluate(model, digits.val_x, digits.val_y)
     assert recalibrate_norm(model, digits.train_x + 3.0 * 0, batches=4, batch_size=256)

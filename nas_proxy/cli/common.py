@@ -51,8 +51,7 @@ def run() -> None:
         sys.exit(2)
     except UserError as e:
         message = str(e).strip()
-        click.echo(f"error: {message.splitlines()[0] if message else type(e).__name__}",
-                   err=True)
+        click.echo(f"error: {message.splitlines()[0] if message else type(e).__name__}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
@@ -61,8 +60,10 @@ def run() -> None:
         if os.environ.get("NAS_PROXY_DEBUG"):
             traceback.print_exc()
         first = (str(e).strip().splitlines() or [""])[0]
-        click.echo(f"internal error: {type(e).__name__}: {first} "
-                   "(set NAS_PROXY_DEBUG=1 for a traceback)", err=True)
+        click.echo(
+            f"internal error: {type(e).__name__}: {first} (set NAS_PROXY_DEBUG=1 for a traceback)",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -95,31 +96,53 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 def config_option(f: Callable) -> Callable:
     return click.option(
-        "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-        callback=_load_config, help="YAML file whose keys are long flag names; flags win.")(f)
+        "--config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="YAML file whose keys are long flag names; flags win.",
+    )(f)
 
 
 def json_option(f: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print one JSON object on stdout; human text goes to stderr.")(f)
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print one JSON object on stdout; human text goes to stderr.",
+    )(f)
 
 
 def seed_option(f: Callable) -> Callable:
-    return click.option("--seed", type=int, default=0, show_default=True,
-                        help="Seed that fixes every random choice.")(f)
+    return click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed that fixes every random choice.",
+    )(f)
 
 
 def device_option(f: Callable) -> Callable:
-    return click.option("--device", default="auto", show_default=True,
-                        help="auto (CUDA when present), cpu, cuda or cuda:N.")(f)
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="auto (CUDA when present), cpu, cuda or cuda:N.",
+    )(f)
 
 
 def data_options(f: Callable) -> Callable:
-    f = click.option("--download", is_flag=True,
-                     help="Download the dataset when it is not found locally.")(f)
-    f = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder that holds datasets (before $NAS_PROXY_DATA and system "
-                          "locations).")(f)
+    f = click.option(
+        "--download", is_flag=True, help="Download the dataset when it is not found locally."
+    )(f)
+    f = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Folder that holds datasets (before $NAS_PROXY_DATA and system locations).",
+    )(f)
     return f
 
 
@@ -145,8 +168,7 @@ def emit(result: dict[str, Any], as_json: bool, human: str | None = None) -> Non
             click.echo(human, err=True)
         click.echo(json.dumps(result, default=_jsonable, sort_keys=False))
     else:
-        click.echo(human if human is not None else json.dumps(result, indent=2,
-                                                              default=_jsonable))
+        click.echo(human if human is not None else json.dumps(result, indent=2, default=_jsonable))
 
 
 def info(message: str) -> None:

@@ -11,8 +11,9 @@ import click
 from nas_proxy.cli.common import common_options, emit, info, main
 
 
-def evaluate_proxy(proxy, dataset, specs: list[str], *, seeds: list[int], device,
-                   **overrides: Any) -> list[dict[str, Any]]:
+def evaluate_proxy(
+    proxy, dataset, specs: list[str], *, seeds: list[int], device, **overrides: Any
+) -> list[dict[str, Any]]:
     """One row per spec: test accuracy of ``spec`` trained on ``proxy`` for each seed.
 
     ``overrides`` replace recipe entries (``epochs``, ``lr``, ``recalibrate_norm``...; None
@@ -25,48 +26,102 @@ def evaluate_proxy(proxy, dataset, specs: list[str], *, seeds: list[int], device
         start = time.perf_counter()
         accuracies = []
         for seed in seeds:
-            _, res = train_on_proxy(proxy, dataset, spec, seed=seed, device=device,
-                                    score_split="test", eval_every=0,
-                                    desc=f"{proxy.method} {spec} seed {seed}", **overrides)
+            _, res = train_on_proxy(
+                proxy,
+                dataset,
+                spec,
+                seed=seed,
+                device=device,
+                score_split="test",
+                eval_every=0,
+                desc=f"{proxy.method} {spec} seed {seed}",
+                **overrides,
+            )
             accuracies.append(res.val_accuracy)  # score_split="test": reported as val
-        rows.append({
-            "proxy": str(proxy.path), "method": proxy.method, "arch": spec,
-            "accuracy_mean": statistics.fmean(accuracies),
-            "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-            "seeds": len(seeds), "accuracies": accuracies,
-            "wall_s": round(time.perf_counter() - start, 3)})
+        rows.append(
+            {
+                "proxy": str(proxy.path),
+                "method": proxy.method,
+                "arch": spec,
+                "accuracy_mean": statistics.fmean(accuracies),
+                "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "seeds": len(seeds),
+                "accuracies": accuracies,
+                "wall_s": round(time.perf_counter() - start, 3),
+            }
+        )
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = ("proxy", "method", "arch", "accuracy", "seeds", "wall s")
-    lines = [(r["proxy"], r["method"], r["arch"],
-              f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}",
-              str(r["seeds"]), f"{r['wall_s']:.1f}") for r in rows]
+    lines = [
+        (
+            r["proxy"],
+            r["method"],
+            r["arch"],
+            f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}",
+            str(r["seeds"]),
+            f"{r['wall_s']:.1f}",
+        )
+        for r in rows
+    ]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*line) for line in (header, *lines))
 
 
 @main.command("evaluate")
-@click.option("--proxy", "proxies", multiple=True, required=True,
-              help="Proxy folder (repeat for several).")
-@click.option("--arch", "archs", multiple=True, required=True,
-              help="Architecture spec to train (repeat for several).")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Training seeds per proxy × arch (--seed, --seed+1, ...).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Override the proxy recipe's epochs.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Override the proxy recipe's (or learned) learning rate.")
-@click.option("--no-recalibrate", is_flag=True,
-              help="Keep BatchNorm statistics of the proxy images (default: re-estimate them "
-                   "on real training images before testing).")
-@click.option("--dataset", default=None,
-              help="Real dataset to test on (default: the one in proxy.json).")
+@click.option(
+    "--proxy", "proxies", multiple=True, required=True, help="Proxy folder (repeat for several)."
+)
+@click.option(
+    "--arch",
+    "archs",
+    multiple=True,
+    required=True,
+    help="Architecture spec to train (repeat for several).",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Training seeds per proxy × arch (--seed, --seed+1, ...).",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Override the proxy recipe's epochs."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Override the proxy recipe's (or learned) learning rate.",
+)
+@click.option(
+    "--no-recalibrate",
+    is_flag=True,
+    help="Keep BatchNorm statistics of the proxy images (default: re-estimate them "
+    "on real training images before testing).",
+)
+@click.option(
+    "--dataset", default=None, help="Real dataset to test on (default: the one in proxy.json)."
+)
 @common_options()
-def evaluate_command(proxies, archs, seeds, epochs, lr, no_recalibrate, dataset, as_json, seed,
-                     device, data_dir, download):
+def evaluate_command(
+    proxies,
+    archs,
+    seeds,
+    epochs,
+    lr,
+    no_recalibrate,
+    dataset,
+    as_json,
+    seed,
+    device,
+    data_dir,
+    download,
+):
     """Train each --arch from scratch on each --proxy with the proxy's recipe for --seeds seeds;
     report mean ± std accuracy on the real test split."""
     from nas_proxy.data import load_dataset
@@ -87,7 +142,14 @@ def evaluate_command(proxies, archs, seeds, epochs, lr, no_recalibrate, dataset,
         if proxy.meta.get("dataset_checksum") not in (None, data.checksum):
             info(f"note: {proxy.path} was distilled from another version or split of {name}")
         info(f"evaluating {proxy.path} ({proxy.method}, {len(proxy.images)} images) on {dev}")
-        rows += evaluate_proxy(proxy, data, specs, seeds=list(range(seed, seed + seeds)),
-                               device=dev, epochs=epochs, lr=lr,
-                               recalibrate_norm=False if no_recalibrate else None)
+        rows += evaluate_proxy(
+            proxy,
+            data,
+            specs,
+            seeds=list(range(seed, seed + seeds)),
+            device=dev,
+            epochs=epochs,
+            lr=lr,
+            recalibrate_norm=False if no_recalibrate else None,
+        )
     emit({"results": rows}, as_json, format_table(rows))

@@ -34,8 +34,9 @@ def class_indices(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
     return [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
 
 
-def init_synthetic(dataset: Dataset, ipc: int, init: str = "real",
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def init_synthetic(
+    dataset: Dataset, ipc: int, init: str = "real", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` images per class: random real training samples (``real``) or Gaussian noise."""
     if init not in ("real", "noise"):
         raise UserError(f"--init {init}: expected real or noise")
@@ -43,8 +44,10 @@ def init_synthetic(dataset: Dataset, ipc: int, init: str = "real",
     by_class = class_indices(dataset.train_y, dataset.num_classes)
     for c, idx in enumerate(by_class):
         if len(idx) < ipc:
-            raise UserError(f"class '{dataset.classes[c]}' has {len(idx)} training images, "
-                            f"fewer than --ipc {ipc}")
+            raise UserError(
+                f"class '{dataset.classes[c]}' has {len(idx)} training images, "
+                f"fewer than --ipc {ipc}"
+            )
     labels = torch.arange(dataset.num_classes).repeat_interleave(ipc)
     if init == "noise":
         return torch.randn((len(labels), *dataset.shape), generator=g), labels
@@ -52,18 +55,25 @@ def init_synthetic(dataset: Dataset, ipc: int, init: str = "real",
     return dataset.train_x[chosen].clone(), labels
 
 
-def sample_real(x_by_class: list[torch.Tensor], c: int, n: int,
-                generator: torch.Generator) -> torch.Tensor:
+def sample_real(
+    x_by_class: list[torch.Tensor], c: int, n: int, generator: torch.Generator
+) -> torch.Tensor:
     """``n`` random real images of class ``c`` (without replacement when possible)."""
     pool = x_by_class[c]
     idx = torch.randperm(len(pool), generator=generator)[:n]
     return pool[idx]
 
 
-def save_image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path,
-                    mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
-                    classes: list[str] | None = None, title: str | None = None,
-                    max_per_class: int = 10) -> Path:
+def save_image_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    path: str | Path,
+    mean: tuple[float, ...] = (0.0,),
+    std: tuple[float, ...] = (1.0,),
+    classes: list[str] | None = None,
+    title: str | None = None,
+    max_per_class: int = 10,
+) -> Path:
     """A PNG grid: one row per class, images de-normalized for viewing."""
     import matplotlib
 
@@ -74,8 +84,9 @@ def save_image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path
     num_classes = int(hard.max()) + 1 if len(hard) else 0
     rows = [images[hard == c][:max_per_class] for c in range(num_classes)]
     cols = max((len(r) for r in rows), default=1)
-    fig, axes = plt.subplots(num_classes, cols, figsize=(cols * 0.8 + 1, num_classes * 0.8 + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        num_classes, cols, figsize=(cols * 0.8 + 1, num_classes * 0.8 + 0.6), squeeze=False
+    )
     m = torch.tensor(mean).view(-1, 1, 1)
     s = torch.tensor(std).view(-1, 1, 1)
     for c, row in enumerate(rows):
@@ -136,8 +147,10 @@ def run_iterations(
     if meta_path.exists():
         meta = read_json(meta_path)
         if meta.get("fingerprint") != fingerprint:
-            raise UserError(f"{out} holds a checkpoint of a run with other settings; use another "
-                            "--out or delete the folder")
+            raise UserError(
+                f"{out} holds a checkpoint of a run with other settings; use another "
+                "--out or delete the folder"
+            )
         state = load_tensors(out / CHECKPOINT_TENSORS)
         with torch.no_grad():
             for name, t in tensors.items():
@@ -147,9 +160,11 @@ def run_iterations(
         generator.set_state(state["rng"])
         start_it = int(meta["iteration"])
         if start_it > iterations:
-            raise UserError(f"{out} holds a run already at iteration {start_it}, beyond "
-                            f"--iterations {iterations}; ask for at least {start_it} or use "
-                            "another --out")
+            raise UserError(
+                f"{out} holds a run already at iteration {start_it}, beyond "
+                f"--iterations {iterations}; ask for at least {start_it} or use "
+                "another --out"
+            )
     wall_before = float(read_json(meta_path)["wall_s"]) if meta_path.exists() else 0.0
 
     def checkpoint(it: int, wall: float) -> None:
@@ -161,15 +176,24 @@ def run_iterations(
             opt_meta[name] = m
         flat["rng"] = _rng_tensor(generator)
         save_tensors(out / CHECKPOINT_TENSORS, flat)
-        write_json(meta_path, {"iteration": it, "fingerprint": fingerprint, "wall_s": wall,
-                               "optimizers": opt_meta, "settings": settings})
+        write_json(
+            meta_path,
+            {
+                "iteration": it,
+                "fingerprint": fingerprint,
+                "wall_s": wall,
+                "optimizers": opt_meta,
+                "settings": settings,
+            },
+        )
         if on_checkpoint is not None:
             on_checkpoint(it)
 
     log = CsvLog(out / "log.csv", ("iteration", *log_fields, "wall_s"), resume=start_it > 0)
     t0 = time.perf_counter()
-    bar = progress(range(start_it, iterations), desc=desc, unit="it", initial=start_it,
-                   total=iterations)
+    bar = progress(
+        range(start_it, iterations), desc=desc, unit="it", initial=start_it, total=iterations
+    )
     try:
         for it in bar:
             metrics = step(it, generator)
@@ -178,7 +202,8 @@ def run_iterations(
             if problem:
                 raise DistillDiverged(
                     f"iteration {it + 1}: {problem}; stopped, the last good checkpoint is in "
-                    f"{out} (try a smaller --lr-img or --lr-lr)")
+                    f"{out} (try a smaller --lr-img or --lr-lr)"
+                )
             wall = wall_before + time.perf_counter() - t0
             log.log(iteration=it + 1, wall_s=round(wall, 3), **metrics)
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in log_fields[:2]})
@@ -189,12 +214,16 @@ def run_iterations(
         log.close()
     if start_it == 0 and iterations == 0:
         checkpoint(0, 0.0)
-    return {"iterations": iterations, "resumed_from": start_it,
-            "wall_s": wall_before + time.perf_counter() - t0}
+    return {
+        "iterations": iterations,
+        "resumed_from": start_it,
+        "wall_s": wall_before + time.perf_counter() - t0,
+    }
 
 
-def _optimizer_state_to(opt: torch.optim.Optimizer,
-                        name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_state_to(
+    opt: torch.optim.Optimizer, name: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer state dict into tensors (safetensors) and JSON (no pickling)."""
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -210,10 +239,12 @@ def _optimizer_state_to(opt: torch.optim.Optimizer,
     return tensors, {"state": state_meta, "param_groups": sd["param_groups"]}
 
 
-def _optimizer_state_from(flat: Mapping[str, torch.Tensor], name: str,
-                          meta: dict[str, Any]) -> dict[str, Any]:
+def _optimizer_state_from(
+    flat: Mapping[str, torch.Tensor], name: str, meta: dict[str, Any]
+) -> dict[str, Any]:
     state = {}
     for pid, entries in meta["state"].items():
-        state[int(pid)] = {k: (flat[f"opt.{name}.{pid}.{k}"] if v == "tensor" else v)
-                           for k, v in entries.items()}
+        state[int(pid)] = {
+            k: (flat[f"opt.{name}.{pid}.{k}"] if v == "tensor" else v) for k, v in entries.items()
+        }
     return {"state": state, "param_groups": meta["param_groups"]}

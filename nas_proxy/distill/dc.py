@@ -68,8 +68,13 @@ def gradient_distance(real: Sequence[torch.Tensor], syn: Sequence[torch.Tensor])
     return total
 
 
-def match_loss(net: nn.Module, real: list[torch.Tensor], syn: torch.Tensor,
-               strategy: str | None, generator: torch.Generator) -> torch.Tensor:
+def match_loss(
+    net: nn.Module,
+    real: list[torch.Tensor],
+    syn: torch.Tensor,
+    strategy: str | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Sum over classes of the gradient distance; differentiable in ``syn`` (class-ordered)."""
     params = [p for p in net.parameters() if p.requires_grad]
     total = syn.new_zeros(())
@@ -77,8 +82,9 @@ def match_loss(net: nn.Module, real: list[torch.Tensor], syn: torch.Tensor,
         r, s = siamese_dsa(r, s, strategy, generator)
         target = torch.full((len(r),), c, dtype=torch.long, device=r.device)
         g_real = torch.autograd.grad(loss_fn(net(r), target), params)
-        g_syn = torch.autograd.grad(loss_fn(net(s), target[:1].expand(len(s))), params,
-                                    create_graph=True)
+        g_syn = torch.autograd.grad(
+            loss_fn(net(s), target[:1].expand(len(s))), params, create_graph=True
+        )
         total = total + gradient_distance([g.detach() for g in g_real], g_syn)
     return total
 
@@ -94,8 +100,9 @@ def freeze_batch_norm(net: nn.Module, real: list[torch.Tensor], per_class: int =
             m.eval()
 
 
-def run_dc(dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int,
-           device: torch.device) -> dict[str, Any]:
+def run_dc(
+    dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+) -> dict[str, Any]:
     """Distil ``ipc`` images per class by gradient matching; write the proxy to ``out``."""
     setup = prepare_synthetic(dataset, ipc, opts, method="dc", seed=seed, device=device)
     iterations = option(opts, "iterations", 50)
@@ -107,9 +114,15 @@ def run_dc(dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed:
     lr_net = option(opts, "lr_net", 0.01)
     batch_real = option(opts, "batch_real", 64)
     optimizer = torch.optim.SGD([setup.images], lr=lr_img, momentum=momentum)
-    settings = {**setup.settings, "outer_loop": outer_loop, "inner_loop": inner_loop,
-                "lr_img": lr_img, "momentum": momentum, "lr_net": lr_net,
-                "batch_real": batch_real}
+    settings = {
+        **setup.settings,
+        "outer_loop": outer_loop,
+        "inner_loop": inner_loop,
+        "lr_img": lr_img,
+        "momentum": momentum,
+        "lr_net": lr_net,
+        "batch_real": batch_real,
+    }
     num_classes = dataset.num_classes
 
     def step(it: int, g: torch.Generator) -> dict[str, float]:
@@ -127,13 +140,32 @@ def run_dc(dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed:
                 break
             # train the network a little on the current synthetic set (the published inner
             # loop: plain SGD, batch 256, DSA), seeded from the run's generator for resumes
-            inner = TrainConfig(epochs=inner_loop, lr=lr_net, momentum=0.0, weight_decay=0.0,
-                                batch_size=256, schedule="none", augment=setup.strategy,
-                                recalibrate_norm=False, eval_every=0,
-                                seed=int(torch.randint(2**31 - 1, (1,), generator=g)))
+            inner = TrainConfig(
+                epochs=inner_loop,
+                lr=lr_net,
+                momentum=0.0,
+                weight_decay=0.0,
+                batch_size=256,
+                schedule="none",
+                augment=setup.strategy,
+                recalibrate_norm=False,
+                eval_every=0,
+                seed=int(torch.randint(2**31 - 1, (1,), generator=g)),
+            )
             train_model(net, setup.images.detach(), setup.labels, inner, desc="dc inner")
         return {"loss": total / (outer_loop * num_classes)}
 
-    return optimize_synthetic(setup, dataset, ipc, out, opts, method="dc", step=step,
-                              optimizer=optimizer, settings=settings, iterations=iterations,
-                              seed=seed, checkpoint_every=10)
+    return optimize_synthetic(
+        setup,
+        dataset,
+        ipc,
+        out,
+        opts,
+        method="dc",
+        step=step,
+        optimizer=optimizer,
+        settings=settings,
+        iterations=iterations,
+        seed=seed,
+        checkpoint_every=10,
+    )

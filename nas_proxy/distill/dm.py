@@ -37,13 +37,20 @@ from nas_proxy.distill.subsets import (
 )
 
 
-def dm_loss(net: nn.Module, real: list[torch.Tensor], syn: torch.Tensor, strategy: str | None,
-            generator: torch.Generator) -> torch.Tensor:
+def dm_loss(
+    net: nn.Module,
+    real: list[torch.Tensor],
+    syn: torch.Tensor,
+    strategy: str | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Sum over classes of the squared distance between mean real and mean synthetic
     embeddings. ``real[c]`` is class ``c``'s real batch; ``syn`` is class-ordered with the
     same number of images per class."""
-    pairs = [siamese_dsa(r, s, strategy, generator)
-             for r, s in zip(real, syn.chunk(len(real)), strict=True)]
+    pairs = [
+        siamese_dsa(r, s, strategy, generator)
+        for r, s in zip(real, syn.chunk(len(real)), strict=True)
+    ]
     # one forward per side instead of one per class: the per-class means are the same for
     # networks without batch statistics, and far cheaper in Python overhead
     with torch.no_grad():
@@ -54,8 +61,9 @@ def dm_loss(net: nn.Module, real: list[torch.Tensor], syn: torch.Tensor, strateg
     return ((mean_real - mean_syn) ** 2).sum()
 
 
-def run_dm(dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int,
-           device: torch.device) -> dict[str, Any]:
+def run_dm(
+    dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+) -> dict[str, Any]:
     """Distil ``ipc`` images per class by distribution matching; write the proxy to ``out``."""
     setup = prepare_synthetic(dataset, ipc, opts, method="dm", seed=seed, device=device)
     iterations = option(opts, "iterations", 200)
@@ -63,20 +71,31 @@ def run_dm(dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed:
     momentum = option(opts, "momentum", 0.5)
     batch_real = option(opts, "batch_real", 64)
     optimizer = torch.optim.SGD([setup.images], lr=lr_img, momentum=momentum)
-    settings = {**setup.settings, "lr_img": lr_img, "momentum": momentum,
-                "batch_real": batch_real}
+    settings = {**setup.settings, "lr_img": lr_img, "momentum": momentum, "batch_real": batch_real}
 
     def step(it: int, g: torch.Generator) -> dict[str, float]:
         net = fresh_net(pick_spec(setup.specs, g), dataset, g, setup.images.device)
         net.requires_grad_(False)  # only the images learn
-        real = [sample_real(setup.real_by_class, c, batch_real, g)
-                for c in range(dataset.num_classes)]
+        real = [
+            sample_real(setup.real_by_class, c, batch_real, g) for c in range(dataset.num_classes)
+        ]
         loss = dm_loss(net, real, setup.images, setup.strategy, g)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return {"loss": loss.item()}
 
-    return optimize_synthetic(setup, dataset, ipc, out, opts, method="dm", step=step,
-                              optimizer=optimizer, settings=settings, iterations=iterations,
-                              seed=seed, checkpoint_every=50)
+    return optimize_synthetic(
+        setup,
+        dataset,
+        ipc,
+        out,
+        opts,
+        method="dm",
+        step=step,
+        optimizer=optimizer,
+        settings=settings,
+        iterations=iterations,
+        seed=seed,
+        checkpoint_every=50,
+    )

@@ -30,8 +30,14 @@ META_FILE = "proxy.json"
 # How candidates train on a proxy unless the proxy says otherwise: the MTT evaluation recipe
 # (SGD with momentum, step decay at half), scaled to a CPU budget.
 DEFAULT_RECIPE: dict[str, Any] = {
-    "epochs": 300, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
-    "batch_size": 256, "schedule": "step", "augment": None,
+    "epochs": 300,
+    "lr": 0.01,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "batch_size": 256,
+    "schedule": "step",
+    "augment": None,
 }
 
 
@@ -140,8 +146,9 @@ def load_proxy(path: str | Path) -> Proxy:
         raise UserError(f"{meta_path}: not a nas-proxy proxy description (format_version)")
     expected = meta.get("tensors_sha256")
     if expected and file_sha256(tensors_path) != expected:
-        raise UserError(f"{tensors_path}: checksum does not match {META_FILE} (file changed or "
-                        "half-written)")
+        raise UserError(
+            f"{tensors_path}: checksum does not match {META_FILE} (file changed or half-written)"
+        )
     tensors = load_tensors(tensors_path)
     for key in ("images", "labels"):
         if key not in tensors:
@@ -152,17 +159,28 @@ def load_proxy(path: str | Path) -> Proxy:
     zca_state = {k[4:]: v for k, v in tensors.items() if k.startswith("zca.")}
     lr = float(tensors["lr"]) if "lr" in tensors else None
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
-    return Proxy(images=images.float(), labels=labels, meta=meta, lr=lr,
-                 zca=ZCA.from_state(zca_state) if zca_state else None, path=root, extra=extra)
+    return Proxy(
+        images=images.float(),
+        labels=labels,
+        meta=meta,
+        lr=lr,
+        zca=ZCA.from_state(zca_state) if zca_state else None,
+        path=root,
+        extra=extra,
+    )
 
 
 def check_compatible(proxy: Proxy, dataset: Dataset) -> None:
     if proxy.meta.get("dataset") != dataset.name:
-        raise UserError(f"proxy {proxy.path} was distilled from '{proxy.meta.get('dataset')}', "
-                        f"not '{dataset.name}'")
+        raise UserError(
+            f"proxy {proxy.path} was distilled from '{proxy.meta.get('dataset')}', "
+            f"not '{dataset.name}'"
+        )
     if list(proxy.images.shape[1:]) != list(dataset.shape):
-        raise UserError(f"proxy {proxy.path} images have shape {list(proxy.images.shape[1:])}, "
-                        f"dataset '{dataset.name}' has {list(dataset.shape)}")
+        raise UserError(
+            f"proxy {proxy.path} images have shape {list(proxy.images.shape[1:])}, "
+            f"dataset '{dataset.name}' has {list(dataset.shape)}"
+        )
 
 
 def real_view(proxy: Proxy, x: torch.Tensor) -> torch.Tensor:
@@ -194,6 +212,15 @@ def train_on_proxy(
     if score_split not in split:
         raise UserError(f"score split '{score_split}': expected val or test")
     x, y = split[score_split]
-    return fit(spec, proxy.images, proxy.labels, cfg, num_classes=proxy.num_classes,
-               device=device, val=(real_view(proxy, x), y),
-               recalibrate_x=real_view(proxy, dataset.train_x), on_epoch=on_epoch, desc=desc)
+    return fit(
+        spec,
+        proxy.images,
+        proxy.labels,
+        cfg,
+        num_classes=proxy.num_classes,
+        device=device,
+        val=(real_view(proxy, x), y),
+        recalibrate_x=real_view(proxy, dataset.train_x),
+        on_epoch=on_epoch,
+        desc=desc,
+    )

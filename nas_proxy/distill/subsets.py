@@ -107,19 +107,55 @@ def eval_recipe(dataset: Dataset, opts: dict[str, Any]) -> dict[str, Any]:
     return recipe
 
 
-def write_proxy(out: Path, images: torch.Tensor, labels: torch.Tensor, *, method: str,
-                dataset: Dataset, ipc: int, opts: dict[str, Any], settings: dict[str, Any],
-                iterations: int, wall_s: float, zca=None, **extra_summary: Any) -> dict[str, Any]:
+def write_proxy(
+    out: Path,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    method: str,
+    dataset: Dataset,
+    ipc: int,
+    opts: dict[str, Any],
+    settings: dict[str, Any],
+    iterations: int,
+    wall_s: float,
+    zca=None,
+    **extra_summary: Any,
+) -> dict[str, Any]:
     """Save the proxy and its picture; return the summary dict the CLI prints."""
     out = Path(out)
-    save_proxy(out, images, labels, method=method, dataset=dataset, ipc=ipc,
-               recipe=eval_recipe(dataset, opts), settings=settings, zca=zca, wall_s=wall_s)
+    save_proxy(
+        out,
+        images,
+        labels,
+        method=method,
+        dataset=dataset,
+        ipc=ipc,
+        recipe=eval_recipe(dataset, opts),
+        settings=settings,
+        zca=zca,
+        wall_s=wall_s,
+    )
     if dataset.is_image:
         view = zca.inverse(images) if zca is not None else images
-        save_image_grid(view, labels, out / "grid.png", dataset.mean, dataset.std,
-                        classes=dataset.classes, title=f"{method}, {ipc} per class")
-    return {"dir": str(out), "method": method, "ipc": ipc, "images": len(images),
-            "iterations": iterations, "wall_s": round(wall_s, 3), **extra_summary}
+        save_image_grid(
+            view,
+            labels,
+            out / "grid.png",
+            dataset.mean,
+            dataset.std,
+            classes=dataset.classes,
+            title=f"{method}, {ipc} per class",
+        )
+    return {
+        "dir": str(out),
+        "method": method,
+        "ipc": ipc,
+        "images": len(images),
+        "iterations": iterations,
+        "wall_s": round(wall_s, 3),
+        **extra_summary,
+    }
 
 
 def require_ipc(dataset: Dataset, ipc: int) -> None:
@@ -127,8 +163,10 @@ def require_ipc(dataset: Dataset, ipc: int) -> None:
         raise UserError(f"--ipc {ipc}: must be at least 1")
     for c, idx in enumerate(class_indices(dataset.train_y, dataset.num_classes)):
         if len(idx) < ipc:
-            raise UserError(f"class '{dataset.classes[c]}' has {len(idx)} training images, "
-                            f"fewer than --ipc {ipc}")
+            raise UserError(
+                f"class '{dataset.classes[c]}' has {len(idx)} training images, "
+                f"fewer than --ipc {ipc}"
+            )
 
 
 def classifier_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -149,8 +187,9 @@ def classifier_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return captured[0].flatten(1)
 
 
-def fresh_net(spec: str, dataset: Dataset, generator: torch.Generator,
-              device: torch.device) -> nn.Module:
+def fresh_net(
+    spec: str, dataset: Dataset, generator: torch.Generator, device: torch.device
+) -> nn.Module:
     """A freshly initialised network whose weights come from ``generator`` (built on the CPU,
     then moved), so a resumed run replays the same networks on any device. The global RNG is
     left untouched."""
@@ -163,8 +202,9 @@ def fresh_net(spec: str, dataset: Dataset, generator: torch.Generator,
     return net.to(device).train()
 
 
-def siamese_dsa(real: torch.Tensor, syn: torch.Tensor, strategy: str | None,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def siamese_dsa(
+    real: torch.Tensor, syn: torch.Tensor, strategy: str | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a real and a synthetic batch from the same generator state (DSA's siamese
     augmentation: both see the same op, with the same parameter stream)."""
     from nas_proxy.augment import dsa
@@ -191,8 +231,15 @@ class SyntheticSetup:
     settings: dict[str, Any]
 
 
-def prepare_synthetic(dataset: Dataset, ipc: int, opts: dict[str, Any], *, method: str,
-                      seed: int, device: torch.device) -> SyntheticSetup:
+def prepare_synthetic(
+    dataset: Dataset,
+    ipc: int,
+    opts: dict[str, Any],
+    *,
+    method: str,
+    seed: int,
+    device: torch.device,
+) -> SyntheticSetup:
     """Validate, initialise the synthetic set (``opts['init']``: real | noise) and move the
     real data to ``device`` once."""
     require_ipc(dataset, ipc)
@@ -205,12 +252,27 @@ def prepare_synthetic(dataset: Dataset, ipc: int, opts: dict[str, Any], *, metho
     if zca is not None and init == "real":
         images = zca.transform(images)
     by_class = class_indices(dataset.train_y, dataset.num_classes)
-    settings = {"method": method, "dataset": dataset.name, "dataset_checksum": dataset.checksum,
-                "ipc": ipc, "arch": specs, "dsa": strategy, "zca": zca is not None,
-                "zca_eps": zca.eps if zca is not None else None, "init": init, "seed": seed}
-    return SyntheticSetup(images=images.to(device).requires_grad_(True), labels=labels,
-                          real_by_class=[train_x[idx].to(device) for idx in by_class],
-                          specs=specs, strategy=strategy, zca=zca, settings=settings)
+    settings = {
+        "method": method,
+        "dataset": dataset.name,
+        "dataset_checksum": dataset.checksum,
+        "ipc": ipc,
+        "arch": specs,
+        "dsa": strategy,
+        "zca": zca is not None,
+        "zca_eps": zca.eps if zca is not None else None,
+        "init": init,
+        "seed": seed,
+    }
+    return SyntheticSetup(
+        images=images.to(device).requires_grad_(True),
+        labels=labels,
+        real_by_class=[train_x[idx].to(device) for idx in by_class],
+        specs=specs,
+        strategy=strategy,
+        zca=zca,
+        settings=settings,
+    )
 
 
 def pick_spec(specs: list[str], generator: torch.Generator) -> str:
@@ -223,15 +285,26 @@ def save_grid(setup: SyntheticSetup, dataset: Dataset, path: Path, title: str) -
     images = setup.images.detach().cpu()
     if setup.zca is not None:
         images = setup.zca.inverse(images)
-    save_image_grid(images, setup.labels, path, dataset.mean, dataset.std,
-                    classes=dataset.classes, title=title)
+    save_image_grid(
+        images, setup.labels, path, dataset.mean, dataset.std, classes=dataset.classes, title=title
+    )
 
 
-def optimize_synthetic(setup: SyntheticSetup, dataset: Dataset, ipc: int, out: Path,
-                       opts: dict[str, Any], *, method: str,
-                       step: Callable[[int, torch.Generator], dict[str, float]],
-                       optimizer: torch.optim.Optimizer, settings: dict[str, Any],
-                       iterations: int, seed: int, checkpoint_every: int) -> dict[str, Any]:
+def optimize_synthetic(
+    setup: SyntheticSetup,
+    dataset: Dataset,
+    ipc: int,
+    out: Path,
+    opts: dict[str, Any],
+    *,
+    method: str,
+    step: Callable[[int, torch.Generator], dict[str, float]],
+    optimizer: torch.optim.Optimizer,
+    settings: dict[str, Any],
+    iterations: int,
+    seed: int,
+    checkpoint_every: int,
+) -> dict[str, Any]:
     """The shared tail of DM and DC: :func:`common.run_iterations` (checkpoints, resume,
     divergence stop, log.csv, grid at checkpoints), then the proxy and its summary."""
     out = Path(out)
@@ -243,32 +316,63 @@ def optimize_synthetic(setup: SyntheticSetup, dataset: Dataset, ipc: int, out: P
         return metrics
 
     run = run_iterations(
-        out=out, iterations=iterations, step=logged_step, tensors={"images": setup.images},
-        optimizers={"images": optimizer}, settings=settings, seed=seed,
+        out=out,
+        iterations=iterations,
+        step=logged_step,
+        tensors={"images": setup.images},
+        optimizers={"images": optimizer},
+        settings=settings,
+        seed=seed,
         checkpoint_every=option(opts, "checkpoint_every", checkpoint_every),
-        on_checkpoint=lambda it: it < iterations and save_grid(  # write_proxy draws the last
-            setup, dataset, out / "grid.png", f"{method}, iteration {it}"),
-        desc=method)
-    return write_proxy(out, setup.images.detach(), setup.labels, method=method, dataset=dataset,
-                       ipc=ipc, opts=opts, settings={**settings, "iterations": iterations},
-                       iterations=iterations, wall_s=run["wall_s"], zca=setup.zca,
-                       loss=losses[-1] if losses else None, resumed_from=run["resumed_from"])
+        on_checkpoint=lambda it: (
+            it < iterations
+            and save_grid(  # write_proxy draws the last
+                setup, dataset, out / "grid.png", f"{method}, iteration {it}"
+            )
+        ),
+        desc=method,
+    )
+    return write_proxy(
+        out,
+        setup.images.detach(),
+        setup.labels,
+        method=method,
+        dataset=dataset,
+        ipc=ipc,
+        opts=opts,
+        settings={**settings, "iterations": iterations},
+        iterations=iterations,
+        wall_s=run["wall_s"],
+        zca=setup.zca,
+        loss=losses[-1] if losses else None,
+        resumed_from=run["resumed_from"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # random
 
 
-def run_random(dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int,
-               device: torch.device) -> dict[str, Any]:
+def run_random(
+    dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+) -> dict[str, Any]:
     """A seeded random real subset with ``ipc`` images per class."""
     del device  # nothing to compute
     start = time.perf_counter()
     require_ipc(dataset, ipc)
     images, labels = init_synthetic(dataset, ipc, "real", seed=seed)
-    return write_proxy(out, images, labels, method="random", dataset=dataset, ipc=ipc, opts=opts,
-                       settings={"seed": seed}, iterations=0,
-                       wall_s=time.perf_counter() - start)
+    return write_proxy(
+        out,
+        images,
+        labels,
+        method="random",
+        dataset=dataset,
+        ipc=ipc,
+        opts=opts,
+        settings={"seed": seed},
+        iterations=0,
+        wall_s=time.perf_counter() - start,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,8 +384,10 @@ def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) 
     """Eval-mode embeddings (classifier inputs) of ``x``, on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    parts = [classifier_input(model, x[i:i + batch_size].to(device)).cpu()
-             for i in range(0, len(x), batch_size)]
+    parts = [
+        classifier_input(model, x[i : i + batch_size].to(device)).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(parts)
 
 
@@ -303,8 +409,9 @@ def herding_select(features: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def herding_features(dataset: Dataset, opts: dict[str, Any], *, seed: int,
-                     device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+def herding_features(
+    dataset: Dataset, opts: dict[str, Any], *, seed: int, device: torch.device
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Training-split features for herding and the settings that determined them."""
     from nas_proxy.train import TrainConfig, fit
 
@@ -314,10 +421,18 @@ def herding_features(dataset: Dataset, opts: dict[str, Any], *, seed: int,
     if kind == "trained":
         epochs = option(opts, "herding_epochs", 2)
         lr = option(opts, "herding_lr", 0.05)
-        cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=128, schedule="cosine", eval_every=0,
-                          seed=seed)
-        model, _ = fit(spec, dataset.train_x, dataset.train_y, cfg,
-                       num_classes=dataset.num_classes, device=device, desc="herding features")
+        cfg = TrainConfig(
+            epochs=epochs, lr=lr, batch_size=128, schedule="cosine", eval_every=0, seed=seed
+        )
+        model, _ = fit(
+            spec,
+            dataset.train_x,
+            dataset.train_y,
+            cfg,
+            num_classes=dataset.num_classes,
+            device=device,
+            desc="herding features",
+        )
         settings.update(epochs=epochs, lr=lr)
     elif kind == "random":
         model = fresh_net(spec, dataset, torch.Generator().manual_seed(seed), device)
@@ -326,8 +441,9 @@ def herding_features(dataset: Dataset, opts: dict[str, Any], *, seed: int,
     return extract_features(model, dataset.train_x), settings
 
 
-def run_herding(dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int,
-                device: torch.device) -> dict[str, Any]:
+def run_herding(
+    dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+) -> dict[str, Any]:
     """Per class, the ``ipc`` training images herding picks in a network's feature space."""
     start = time.perf_counter()
     require_ipc(dataset, ipc)
@@ -335,6 +451,15 @@ def run_herding(dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, 
     by_class = class_indices(dataset.train_y, dataset.num_classes)
     chosen = torch.cat([idx[herding_select(features[idx], ipc)] for idx in by_class])
     labels = torch.arange(dataset.num_classes).repeat_interleave(ipc)
-    return write_proxy(out, dataset.train_x[chosen].clone(), labels, method="herding",
-                       dataset=dataset, ipc=ipc, opts=opts, settings={**settings, "seed": seed},
-                       iterations=0, wall_s=time.perf_counter() - start)
+    return write_proxy(
+        out,
+        dataset.train_x[chosen].clone(),
+        labels,
+        method="herding",
+        dataset=dataset,
+        ipc=ipc,
+        opts=opts,
+        settings={**settings, "seed": seed},
+        iterations=0,
+        wall_s=time.perf_counter() - start,
+    )

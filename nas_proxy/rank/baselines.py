@@ -49,8 +49,10 @@ def parse_zero_cost(text: str | None) -> list[str]:
     for name in names:
         name = aliases.get(name, name)
         if name not in ZERO_COST:
-            raise UserError(f"--zero-cost {text}: unknown score '{name}' "
-                            f"(allowed: {', '.join(ZERO_COST)}, or none)")
+            raise UserError(
+                f"--zero-cost {text}: unknown score '{name}' "
+                f"(allowed: {', '.join(ZERO_COST)}, or none)"
+            )
         if name not in out:
             out.append(name)
     return out
@@ -65,8 +67,9 @@ def synflow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:
     ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64, device=x.device)
     net.zero_grad(set_to_none=True)
     net(ones).sum().backward()
-    total = sum(float((p.detach() * p.grad).abs().sum()) for p in net.parameters()
-                if p.grad is not None)
+    total = sum(
+        float((p.detach() * p.grad).abs().sum()) for p in net.parameters() if p.grad is not None
+    )
     return math.log(total) if total > 0 and math.isfinite(total) else None
 
 
@@ -81,8 +84,10 @@ def gradnorm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None
 
 def _is_gate(module: nn.Module) -> bool:
     where = type(module).__module__
-    if not (where.startswith("torch.nn.modules.activation")
-            or where.startswith("timm.layers.activations")):
+    if not (
+        where.startswith("torch.nn.modules.activation")
+        or where.startswith("timm.layers.activations")
+    ):
         return False
     return type(module).__name__.lower() not in _NOT_GATES
 
@@ -114,11 +119,22 @@ def naswot(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:
 
 
 _AT_INIT: dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor], float | None]] = {
-    "synflow": synflow, "gradnorm": gradnorm, "naswot": naswot}
+    "synflow": synflow,
+    "gradnorm": gradnorm,
+    "naswot": naswot,
+}
 
 
-def zero_cost_score(name: str, spec: str, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
-                    seed: int = 0, device: str | torch.device = "cpu") -> dict[str, float | None]:
+def zero_cost_score(
+    name: str,
+    spec: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_classes: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, float | None]:
     """``{"score", "wall_s"}`` of one training-free score for ``spec``.
 
     ``x``, ``y``: a real labelled batch (normalised like training data). The network is built

@@ -31,8 +31,9 @@ class Candidate:
 
 def _canonical(where: str, spec: Any) -> tuple[str, str]:
     if not isinstance(spec, str):
-        raise UserError(f"{where}: expected a spec string like 'convnet:depth=3,width=64', "
-                        f"got {spec!r}")
+        raise UserError(
+            f"{where}: expected a spec string like 'convnet:depth=3,width=64', got {spec!r}"
+        )
     try:
         parsed = parse_spec(spec)
     except UserError as e:
@@ -103,8 +104,13 @@ def study_trials(study) -> list[Candidate]:
         if canonical in out:  # a repeat of an evaluated spec carries no new information
             continue
         wall = t.user_attrs.get("wall_s")
-        out[canonical] = Candidate(canonical, family, trial=t.number, proxy_score=float(score),
-                                   proxy_wall_s=None if wall is None else float(wall))
+        out[canonical] = Candidate(
+            canonical,
+            family,
+            trial=t.number,
+            proxy_score=float(score),
+            proxy_wall_s=None if wall is None else float(wall),
+        )
     return list(out.values())
 
 
@@ -116,8 +122,10 @@ def sample_study(study, n: int, top_k: int, seed: int) -> list[Candidate]:
     """
     trials = study_trials(study)
     if not trials:
-        raise UserError(f"study '{study.study_name}' has no finished trial with 'arch' and "
-                        "'proxy_score' attributes")
+        raise UserError(
+            f"study '{study.study_name}' has no finished trial with 'arch' and "
+            "'proxy_score' attributes"
+        )
     chosen = stratified_sample([c.proxy_score for c in trials], n, top_k, seed)
     return [trials[i] for i in chosen]
 

@@ -54,8 +54,9 @@ class ProxyColumn:
         return float(np.mean(known)) + (self.amortized_s or 0.0) / max(len(self.scores), 1)
 
 
-def build_cost(meta: dict[str, Any], path: str | Path,
-               known: dict[str, float] | None = None) -> float | None:
+def build_cost(
+    meta: dict[str, Any], path: str | Path, known: dict[str, float] | None = None
+) -> float | None:
     """Seconds it took to build a proxy: its proxy.json's ``wall_s``, else ``known[path]``."""
     if meta.get("wall_s") is not None:
         return float(meta["wall_s"])
@@ -63,9 +64,13 @@ def build_cost(meta: dict[str, Any], path: str | Path,
     return known.get(str(Path(path).resolve()))
 
 
-def proxy_scorers(dirs: Sequence[str], dataset_name: str, seed: int,
-                  overrides: dict[str, Any] | None = None,
-                  build_s: dict[str, float] | None = None) -> list[Scorer]:
+def proxy_scorers(
+    dirs: Sequence[str],
+    dataset_name: str,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
+    build_s: dict[str, float] | None = None,
+) -> list[Scorer]:
     """A scorer per proxy folder: train on the proxy with its recipe, score on real val."""
     from nas_proxy.distill.proxy import load_proxy
 
@@ -76,22 +81,37 @@ def proxy_scorers(dirs: Sequence[str], dataset_name: str, seed: int,
     out = []
     for d, p in zip(dirs, loaded, strict=True):
         if p.meta.get("dataset") != dataset_name:
-            raise UserError(f"--proxy {d}: distilled from '{p.meta.get('dataset')}', but the "
-                            f"ranking uses '{dataset_name}' (pass --dataset)")
+            raise UserError(
+                f"--proxy {d}: distilled from '{p.meta.get('dataset')}', but the "
+                f"ranking uses '{dataset_name}' (pass --dataset)"
+            )
         # Same method twice (two MTT proxies): tell them apart by folder name.
         name = p.method if methods.count(p.method) == 1 else f"{p.method}@{Path(d).name}"
-        out.append(Scorer(
-            "proxy", name, {"proxy": p.meta.get("tensors_sha256"), "overrides": overrides},
-            seeds=(seed + PROXY_SEED_OFFSET,), proxy_dir=str(Path(d).resolve()),
-            amortized_s=build_cost(p.meta, d, build_s),
-            extra={"method": p.method, "ipc": p.meta.get("ipc"), "dir": str(d),
-                   "images": p.meta.get("images")}))
+        out.append(
+            Scorer(
+                "proxy",
+                name,
+                {"proxy": p.meta.get("tensors_sha256"), "overrides": overrides},
+                seeds=(seed + PROXY_SEED_OFFSET,),
+                proxy_dir=str(Path(d).resolve()),
+                amortized_s=build_cost(p.meta, d, build_s),
+                extra={
+                    "method": p.method,
+                    "ipc": p.meta.get("ipc"),
+                    "dir": str(d),
+                    "images": p.meta.get("images"),
+                },
+            )
+        )
     return out
 
 
 def zero_cost_scorers(names: Sequence[str], seed: int, batch: int = 64) -> list[Scorer]:
-    return [Scorer("zero-cost", n, {"metric": n, "batch": batch},
-                   seeds=(seed + PROXY_SEED_OFFSET,)) for n in names if n in ZERO_COST]
+    return [
+        Scorer("zero-cost", n, {"metric": n, "batch": batch}, seeds=(seed + PROXY_SEED_OFFSET,))
+        for n in names
+        if n in ZERO_COST
+    ]
 
 
 def _by_spec(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -106,16 +126,28 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(known)) if len(known) == len(values) and known else None
 
 
-def _metrics(proxy: Sequence[float | None], full: Sequence[float | None],
-             by_seed: np.ndarray | None, top_k: int, top_n: int, seed: int,
-             n_boot: int) -> dict[str, Any]:
+def _metrics(
+    proxy: Sequence[float | None],
+    full: Sequence[float | None],
+    by_seed: np.ndarray | None,
+    top_k: int,
+    top_n: int,
+    seed: int,
+    n_boot: int,
+) -> dict[str, Any]:
     """Metrics over all candidates and over the top_n by full score (both, always)."""
     x = np.array([np.nan if v is None else v for v in proxy], dtype=float)
     y = np.array([np.nan if v is None else v for v in full], dtype=float)
     whole = rank_summary(x, y, top_k=top_k, full_by_seed=by_seed, seed=seed, n_boot=n_boot)
     order = np.argsort(-np.where(np.isfinite(y), y, -np.inf), kind="stable")[:top_n]
-    top = rank_summary(x[order], y[order], top_k=min(top_k, top_n), seed=seed, n_boot=n_boot,
-                       full_by_seed=None if by_seed is None else by_seed[order])
+    top = rank_summary(
+        x[order],
+        y[order],
+        top_k=min(top_k, top_n),
+        seed=seed,
+        n_boot=n_boot,
+        full_by_seed=None if by_seed is None else by_seed[order],
+    )
     return {"all": whole, "top": top}
 
 
@@ -171,37 +203,62 @@ def rank_candidates(
     n = len(specs)
     top_n = min(n, top_n if top_n else max(top_k, math.ceil(n / 2)))
 
-    gt_seeds = [s for s in range(seed, seed + ceiling_seeds + len(avoid_seeds))
-                if s not in avoid_seeds][:ceiling_seeds]
+    gt_seeds = [
+        s for s in range(seed, seed + ceiling_seeds + len(avoid_seeds)) if s not in avoid_seeds
+    ][:ceiling_seeds]
     gt = full_scorer(recipe, seeds=gt_seeds)
     scorers = [gt, *proxy_scorers(proxies, dataset.name, seed, proxy_overrides, proxy_build_s)]
     if short_epochs:
-        scorers.append(full_scorer(recipe.replace(epochs=short_epochs),
-                                   name=f"short-{short_epochs}ep",
-                                   seeds=(seed + PROXY_SEED_OFFSET,)))
+        scorers.append(
+            full_scorer(
+                recipe.replace(epochs=short_epochs),
+                name=f"short-{short_epochs}ep",
+                seeds=(seed + PROXY_SEED_OFFSET,),
+            )
+        )
     scorers += zero_cost_scorers(zero_cost, seed)
     jobs = make_jobs(scorers, specs, data, dataset.checksum, cache, device)
     records, counts = run_jobs(jobs, workers=workers, desc=f"rank {n} candidates")
     grouped = _by_spec(records)
 
-    by_seed = np.array([[next((r["score"] for r in grouped[(gt.name, s)] if r["seed"] == sd),
-                              None) for sd in gt.seeds] for s in specs], dtype=float)
+    by_seed = np.array(
+        [
+            [
+                next((r["score"] for r in grouped[(gt.name, s)] if r["seed"] == sd), None)
+                for sd in gt.seeds
+            ]
+            for s in specs
+        ],
+        dtype=float,
+    )
     full = [None if not np.all(np.isfinite(row)) else float(row.mean()) for row in by_seed]
     full_wall = [_mean([r["wall_s"] for r in grouped[(gt.name, s)]]) for s in specs]
     full_cost = _mean([w for w in full_wall if w is not None]) if any(full_wall) else None
 
     columns: list[ProxyColumn] = []
     if search_proxy is not None:
-        columns.append(ProxyColumn(
-            search_proxy["name"], "search", [c.proxy_score for c in candidates],
-            [c.proxy_wall_s for c in candidates], search_proxy.get("amortized_s"),
-            {k: v for k, v in search_proxy.items() if k not in ("name", "amortized_s")}))
+        columns.append(
+            ProxyColumn(
+                search_proxy["name"],
+                "search",
+                [c.proxy_score for c in candidates],
+                [c.proxy_wall_s for c in candidates],
+                search_proxy.get("amortized_s"),
+                {k: v for k, v in search_proxy.items() if k not in ("name", "amortized_s")},
+            )
+        )
     for s in scorers[1:]:
         kind = "short" if s.kind == "full" else s.kind
-        columns.append(ProxyColumn(
-            s.name, kind, [_mean([r["score"] for r in grouped[(s.name, spec)]]) for spec in specs],
-            [_mean([r["wall_s"] for r in grouped[(s.name, spec)]]) for spec in specs],
-            s.amortized_s, dict(s.extra)))
+        columns.append(
+            ProxyColumn(
+                s.name,
+                kind,
+                [_mean([r["score"] for r in grouped[(s.name, spec)]]) for spec in specs],
+                [_mean([r["wall_s"] for r in grouped[(s.name, spec)]]) for spec in specs],
+                s.amortized_s,
+                dict(s.extra),
+            )
+        )
 
     seeds_arr = by_seed if ceiling_seeds >= 2 else None
     entries = []
@@ -209,16 +266,27 @@ def rank_candidates(
         m = _metrics(col.scores, full, seeds_arr, top_k, top_n, seed, n_boot)
         cost = col.cost_per_candidate()
         if col.kind in ("proxy", "search") and col.amortized_s is None:
-            m["all"]["notes"].append("the cost of building this proxy is unknown (not in its "
-                                     "proxy.json): cost and speed-up leave it out")
-        entries.append({
-            "name": col.name, "kind": col.kind,
-            **{k: m["all"][k] for k in (*SUMMARY_KEYS, "kendall_ci", "fraction_of_ceiling")},
-            "spearman_top": m["top"]["spearman"], "spearman_top_ci": m["top"]["spearman_ci"],
-            "kendall_top": m["top"]["kendall"], "top_k_overlap_top": m["top"]["top_k_overlap"],
-            "cost_s_per_candidate": cost, "amortized_s": col.amortized_s,
-            "speedup": (full_cost / cost) if cost and full_cost else None,
-            "notes": m["all"]["notes"], "notes_top": m["top"]["notes"], **col.info})
+            m["all"]["notes"].append(
+                "the cost of building this proxy is unknown (not in its "
+                "proxy.json): cost and speed-up leave it out"
+            )
+        entries.append(
+            {
+                "name": col.name,
+                "kind": col.kind,
+                **{k: m["all"][k] for k in (*SUMMARY_KEYS, "kendall_ci", "fraction_of_ceiling")},
+                "spearman_top": m["top"]["spearman"],
+                "spearman_top_ci": m["top"]["spearman_ci"],
+                "kendall_top": m["top"]["kendall"],
+                "top_k_overlap_top": m["top"]["top_k_overlap"],
+                "cost_s_per_candidate": cost,
+                "amortized_s": col.amortized_s,
+                "speedup": (full_cost / cost) if cost and full_cost else None,
+                "notes": m["all"]["notes"],
+                "notes_top": m["top"]["notes"],
+                **col.info,
+            }
+        )
     ceiling = _metrics(full, full, seeds_arr, top_k, top_n, seed, n_boot)
 
     table = _table(candidates, full, by_seed, gt.seeds, grouped, gt.name, columns)
@@ -230,20 +298,34 @@ def rank_candidates(
         "main_proxy": main["name"] if main else None,
         "proxies": entries,
         "ceiling": {
-            "value": ceiling["all"]["ceiling"], "ci": ceiling["all"]["ceiling_ci"],
-            "agreement": ceiling["all"]["ceiling_agreement"], "seeds": ceiling_seeds,
-            "value_top": ceiling["top"]["ceiling"], "ci_top": ceiling["top"]["ceiling_ci"],
+            "value": ceiling["all"]["ceiling"],
+            "ci": ceiling["all"]["ceiling_ci"],
+            "agreement": ceiling["all"]["ceiling_agreement"],
+            "seeds": ceiling_seeds,
+            "value_top": ceiling["top"]["ceiling"],
+            "ci_top": ceiling["top"]["ceiling_ci"],
             # Only the ceiling's own caveats (the rest compare the ground truth with itself).
             "notes": [s for s in ceiling["all"]["notes"] if s.startswith("ceiling") or "seed" in s]
-            if ceiling_seeds >= 2 else
-            ["one ground-truth seed (--ceiling-seeds 1): no noise ceiling"]},
-        "full": {"cost_s_per_candidate": full_cost, "seeds": list(gt.seeds),
-                 "recipe": gt.settings["recipe"], "scored_on": "val",
-                 "failed": int(sum(v is None for v in full))},
-        "top_k": top_k, "top_n": top_n, "dataset": dataset.name,
-        "dataset_checksum": dataset.checksum, "source": dict(source or {}),
-        "trained": counts["trained"], "reused": counts["reused"], "cache": str(cache),
-        "out": str(out), "wall_s": None,
+            if ceiling_seeds >= 2
+            else ["one ground-truth seed (--ceiling-seeds 1): no noise ceiling"],
+        },
+        "full": {
+            "cost_s_per_candidate": full_cost,
+            "seeds": list(gt.seeds),
+            "recipe": gt.settings["recipe"],
+            "scored_on": "val",
+            "failed": int(sum(v is None for v in full)),
+        },
+        "top_k": top_k,
+        "top_n": top_n,
+        "dataset": dataset.name,
+        "dataset_checksum": dataset.checksum,
+        "source": dict(source or {}),
+        "trained": counts["trained"],
+        "reused": counts["reused"],
+        "cache": str(cache),
+        "out": str(out),
+        "wall_s": None,
     }
     if write_back is not None:
         summary["source"]["full_score_written_to"] = write_back(candidates, full)
@@ -252,12 +334,19 @@ def rank_candidates(
     return summary
 
 
-def _table(candidates: list[Candidate], full: list[float | None], by_seed: np.ndarray,
-           seeds: Sequence[int], grouped: dict, gt_name: str,
-           columns: list[ProxyColumn]) -> pd.DataFrame:
+def _table(
+    candidates: list[Candidate],
+    full: list[float | None],
+    by_seed: np.ndarray,
+    seeds: Sequence[int],
+    grouped: dict,
+    gt_name: str,
+    columns: list[ProxyColumn],
+) -> pd.DataFrame:
     """One row per candidate: ground truth, per-seed scores and every proxy's score and rank."""
-    df = pd.DataFrame({"arch": [c.arch for c in candidates],
-                       "family": [c.family for c in candidates]})
+    df = pd.DataFrame(
+        {"arch": [c.arch for c in candidates], "family": [c.family for c in candidates]}
+    )
     if any(c.trial is not None for c in candidates):
         df["trial"] = [c.trial for c in candidates]
     first = [grouped[(gt_name, c.arch)][0] for c in candidates]
@@ -266,8 +355,9 @@ def _table(candidates: list[Candidate], full: list[float | None], by_seed: np.nd
     df["full_score"] = full
     for j, sd in enumerate(seeds):
         df[f"full_score_seed{sd}"] = by_seed[:, j]
-    df["full_test_accuracy"] = [_mean([r.get("test_accuracy") for r in grouped[(gt_name, c.arch)]])
-                                for c in candidates]
+    df["full_test_accuracy"] = [
+        _mean([r.get("test_accuracy") for r in grouped[(gt_name, c.arch)]]) for c in candidates
+    ]
     df["full_rank"] = ranks(df["full_score"].astype(float))
     if columns:
         df["proxy_score"] = columns[0].scores
@@ -295,8 +385,9 @@ def recipe_config(recipe: dict[str, Any], dataset_name: str, seed: int = 0) -> T
     return TrainConfig(**{**fields, "seed": seed})
 
 
-def _search_proxy(study, proxy_dir: str | None,
-                  build_s: dict[str, float] | None) -> tuple[dict[str, Any], str | None]:
+def _search_proxy(
+    study, proxy_dir: str | None, build_s: dict[str, float] | None
+) -> tuple[dict[str, Any], str | None]:
     """Name and distillation cost of the proxy a study was searched on (from its attributes)."""
     from nas_proxy.distill.proxy import load_proxy
 
@@ -306,9 +397,12 @@ def _search_proxy(study, proxy_dir: str | None,
     dataset = attrs.get("dataset")
     if path and Path(path).exists():
         meta = load_proxy(path).meta
-        info.update(name=f"{meta.get('method', 'search')} (search)",
-                    amortized_s=build_cost(meta, path, build_s), method=meta.get("method"),
-                    dir=str(path))
+        info.update(
+            name=f"{meta.get('method', 'search')} (search)",
+            amortized_s=build_cost(meta, path, build_s),
+            method=meta.get("method"),
+            dir=str(path),
+        )
         dataset = dataset or meta.get("dataset")
     return info, dataset
 
@@ -347,8 +441,9 @@ def rank(
     )
 
     if (candidates_file is None) == (study is None):
-        raise UserError("give exactly one of --study NAME (with --storage URL) or "
-                        "--candidates FILE")
+        raise UserError(
+            "give exactly one of --study NAME (with --storage URL) or --candidates FILE"
+        )
     if sample < 1 or top_k < 1:
         raise UserError(f"--sample {sample} and --top-k {top_k} must be at least 1")
     search_proxy, write_back = None, None
@@ -357,11 +452,14 @@ def rank(
             raise UserError("--study needs --storage URL (the search's storage)")
         st = load_study(storage, study)
         cands = sample_study(st, sample, top_k, seed)
-        search_proxy, study_dataset = _search_proxy(st, study_proxy,
-                                                    options.get("proxy_build_s"))
+        search_proxy, study_dataset = _search_proxy(st, study_proxy, options.get("proxy_build_s"))
         dataset = dataset or study_dataset
-        source = {"study": study, "storage": storage, "sampled": len(cands),
-                  "search_seed": search_seed(st)}
+        source = {
+            "study": study,
+            "storage": storage,
+            "sampled": len(cands),
+            "search_seed": search_seed(st),
+        }
         if source["search_seed"] is not None:
             options.setdefault("avoid_seeds", [source["search_seed"]])
 
@@ -373,7 +471,17 @@ def rank(
     if not dataset and proxies:
         dataset = load_proxy(proxies[0]).meta.get("dataset")
     data = DataRef(dataset or "digits", data_dir, download, train_limit)
-    summary = rank_candidates(cands, data=data, recipe=recipe_config(recipe, data.name), out=out,
-                              proxies=proxies, search_proxy=search_proxy, top_k=top_k, seed=seed,
-                              source=source, write_back=write_back, **options)
+    summary = rank_candidates(
+        cands,
+        data=data,
+        recipe=recipe_config(recipe, data.name),
+        out=out,
+        proxies=proxies,
+        search_proxy=search_proxy,
+        top_k=top_k,
+        seed=seed,
+        source=source,
+        write_back=write_back,
+        **options,
+    )
     return summary

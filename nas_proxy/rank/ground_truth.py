@@ -61,9 +61,13 @@ class DataRef:
         if not self.train_limit or self.train_limit >= len(data.train_y):
             return data
         keep = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(0))
-        keep = keep[:self.train_limit]
-        return copy_with(data, train_x=data.train_x[keep], train_y=data.train_y[keep],
-                         checksum=f"{data.checksum}:train{self.train_limit}")
+        keep = keep[: self.train_limit]
+        return copy_with(
+            data,
+            train_x=data.train_x[keep],
+            train_y=data.train_y[keep],
+            checksum=f"{data.checksum}:train{self.train_limit}",
+        )
 
 
 @dataclass
@@ -108,18 +112,43 @@ class Job:
 
 
 def cache_key(scorer: Scorer, spec: str, seed: int, dataset_checksum: str) -> str:
-    return stable_hash({"v": CACHE_VERSION, "kind": scorer.kind, "settings": scorer.settings,
-                        "spec": spec, "seed": seed, "dataset": dataset_checksum}, length=24)
+    return stable_hash(
+        {
+            "v": CACHE_VERSION,
+            "kind": scorer.kind,
+            "settings": scorer.settings,
+            "spec": spec,
+            "seed": seed,
+            "dataset": dataset_checksum,
+        },
+        length=24,
+    )
 
 
-def make_jobs(scorers: Iterable[Scorer], specs: Iterable[str], data: DataRef,
-              dataset_checksum: str, cache_dir: str | Path, device: str) -> list[Job]:
+def make_jobs(
+    scorers: Iterable[Scorer],
+    specs: Iterable[str],
+    data: DataRef,
+    dataset_checksum: str,
+    cache_dir: str | Path,
+    device: str,
+) -> list[Job]:
     """One job per (scorer, spec, seed), each with its cache file under ``cache_dir/kind/``."""
     cache = Path(cache_dir)
     specs = list(specs)
-    return [Job(s, spec, seed, data, device,
-                str(cache / s.kind / f"{cache_key(s, spec, seed, dataset_checksum)}.json"))
-            for s in scorers for spec in specs for seed in s.seeds]
+    return [
+        Job(
+            s,
+            spec,
+            seed,
+            data,
+            device,
+            str(cache / s.kind / f"{cache_key(s, spec, seed, dataset_checksum)}.json"),
+        )
+        for s in scorers
+        for spec in specs
+        for seed in s.seeds
+    ]
 
 
 def read_cached(job: Job) -> dict[str, Any] | None:
@@ -168,27 +197,54 @@ def _run(job: Job) -> dict[str, Any]:
         batch = int(s.settings.get("batch", 64))
         g = torch.Generator().manual_seed(job.seed)
         idx = torch.randperm(len(data.train_y), generator=g)[:batch]
-        out = zero_cost_score(s.settings["metric"], job.spec, data.train_x[idx],
-                              data.train_y[idx], num_classes=data.num_classes, seed=job.seed,
-                              device=job.device)
+        out = zero_cost_score(
+            s.settings["metric"],
+            job.spec,
+            data.train_x[idx],
+            data.train_y[idx],
+            num_classes=data.num_classes,
+            seed=job.seed,
+            device=job.device,
+        )
         return {"score": out["score"], "wall_s": out["wall_s"]}
     if s.kind == "full":
         from nas_proxy.train import fit
 
         cfg = TrainConfig(**s.settings["recipe"], seed=job.seed)
-        _, res = fit(job.spec, data.train_x, data.train_y, cfg, num_classes=data.num_classes,
-                     device=job.device, val=(data.val_x, data.val_y),
-                     test=(data.test_x, data.test_y), desc=f"{s.name} {job.spec}")
+        _, res = fit(
+            job.spec,
+            data.train_x,
+            data.train_y,
+            cfg,
+            num_classes=data.num_classes,
+            device=job.device,
+            val=(data.val_x, data.val_y),
+            test=(data.test_x, data.test_y),
+            desc=f"{s.name} {job.spec}",
+        )
     else:
         from nas_proxy.distill.proxy import train_on_proxy
 
-        _, res = train_on_proxy(_proxy(s.proxy_dir), data, job.spec, seed=job.seed,
-                                device=job.device, score_split="val",
-                                desc=f"{s.name} {job.spec}", **s.settings.get("overrides", {}))
-    return {"score": _score(res.val_accuracy, res.val_loss), "wall_s": res.wall_s,
-            "val_accuracy": res.val_accuracy, "val_loss": res.val_loss,
-            "test_accuracy": res.test_accuracy, "params": res.params, "flops": res.flops,
-            "epochs": res.epochs}
+        _, res = train_on_proxy(
+            _proxy(s.proxy_dir),
+            data,
+            job.spec,
+            seed=job.seed,
+            device=job.device,
+            score_split="val",
+            desc=f"{s.name} {job.spec}",
+            **s.settings.get("overrides", {}),
+        )
+    return {
+        "score": _score(res.val_accuracy, res.val_loss),
+        "wall_s": res.wall_s,
+        "val_accuracy": res.val_accuracy,
+        "val_loss": res.val_loss,
+        "test_accuracy": res.test_accuracy,
+        "params": res.params,
+        "flops": res.flops,
+        "epochs": res.epochs,
+    }
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -202,12 +258,20 @@ def run_job(job: Job) -> dict[str, Any]:
         error = None
     except TrainingDiverged as e:
         out, error = {"score": None, "wall_s": None}, f"diverged: {e}"
-    record = {"key": Path(job.path).stem, "kind": job.scorer.kind, "scorer": job.scorer.name,
-              "spec": job.spec, "seed": job.seed, "settings": job.scorer.settings,
-              "dataset": job.data.name, "error": error, "device": job.device,
-              "versions": versions(),
-              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              **out}
+    record = {
+        "key": Path(job.path).stem,
+        "kind": job.scorer.kind,
+        "scorer": job.scorer.name,
+        "spec": job.spec,
+        "seed": job.seed,
+        "settings": job.scorer.settings,
+        "dataset": job.data.name,
+        "error": error,
+        "device": job.device,
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **out,
+    }
     write_json(job.path, record)
     return record
 
@@ -266,8 +330,9 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, desc: str = "rank") -> tuple[
         else:
             threads = max(1, _cores() // workers)
             ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(threads,)) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+            ) as pool:
                 futures = {}
                 for n, i in enumerate(todo):
                     job = replace(jobs[i], device=device_for(jobs[i].device, n))
@@ -283,5 +348,16 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, desc: str = "rank") -> tuple[
     return [r for r in records if r is not None], counts
 
 
-__all__ = ["CACHE_VERSION", "DataRef", "Job", "PROXY_SEED_OFFSET", "Scorer", "cache_key",
-           "full_scorer", "make_jobs", "read_cached", "run_job", "run_jobs"]
+__all__ = [
+    "CACHE_VERSION",
+    "DataRef",
+    "Job",
+    "PROXY_SEED_OFFSET",
+    "Scorer",
+    "cache_key",
+    "full_scorer",
+    "make_jobs",
+    "read_cached",
+    "run_job",
+    "run_jobs",
+]

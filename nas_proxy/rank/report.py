@@ -17,8 +17,16 @@ import pandas as pd
 
 from nas_proxy.io import atomic_write, write_json
 
-HEADERS = ("proxy", "ρ [95% CI]", "τ", "top-k overlap", "regret", "ρ top-N [95% CI]",
-           "cost / candidate", "speed-up")
+HEADERS = (
+    "proxy",
+    "ρ [95% CI]",
+    "τ",
+    "top-k overlap",
+    "regret",
+    "ρ top-N [95% CI]",
+    "cost / candidate",
+    "speed-up",
+)
 
 
 def _num(v: float | None, digits: int = 3) -> str:
@@ -49,15 +57,31 @@ def headline_rows(summary: dict[str, Any]) -> list[list[str]]:
     """One row per proxy, then the ground truth's own line (its cost and noise ceiling)."""
     rows = []
     for p in summary["proxies"]:
-        rows.append([p["name"], _with_ci(p["spearman"], p["spearman_ci"]), _num(p["kendall"]),
-                     _num(p["top_k_overlap"], 2), _num(p["regret"], 4),
-                     _with_ci(p["spearman_top"], p["spearman_top_ci"]),
-                     _seconds(p["cost_s_per_candidate"]),
-                     _speedup(p["speedup"])])
+        rows.append(
+            [
+                p["name"],
+                _with_ci(p["spearman"], p["spearman_ci"]),
+                _num(p["kendall"]),
+                _num(p["top_k_overlap"], 2),
+                _num(p["regret"], 4),
+                _with_ci(p["spearman_top"], p["spearman_top_ci"]),
+                _seconds(p["cost_s_per_candidate"]),
+                _speedup(p["speedup"]),
+            ]
+        )
     c = summary["ceiling"]
-    rows.append([f"full data ({c['seeds']} seed{'s' if c['seeds'] != 1 else ''}): ceiling",
-                 _with_ci(c["value"], c["ci"]), "", "", "", _with_ci(c["value_top"], c["ci_top"]),
-                 _seconds(summary["full"]["cost_s_per_candidate"]), "1×"])
+    rows.append(
+        [
+            f"full data ({c['seeds']} seed{'s' if c['seeds'] != 1 else ''}): ceiling",
+            _with_ci(c["value"], c["ci"]),
+            "",
+            "",
+            "",
+            _with_ci(c["value_top"], c["ci_top"]),
+            _seconds(summary["full"]["cost_s_per_candidate"]),
+            "1×",
+        ]
+    )
     return rows
 
 
@@ -69,8 +93,9 @@ def _md_table(headers: Sequence[str], rows: list[list[str]]) -> str:
 
 def _html_table(headers: Sequence[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                   for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -107,20 +132,44 @@ def _intro(summary: dict[str, Any]) -> list[str]:
 
 
 def _candidates_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    cols = ["arch", "full_score", "full_rank"] + [c for c in table.columns
-                                                  if c.startswith("proxy_rank:")]
+    cols = ["arch", "full_score", "full_rank"] + [
+        c for c in table.columns if c.startswith("proxy_rank:")
+    ]
     sub = table.sort_values("full_rank", na_position="last")[cols]
     headers = [c.replace("proxy_rank:", "rank: ") for c in cols]
-    rows = [[("n/a" if pd.isna(v) else (f"{v:.4f}" if isinstance(v, float) and k == "full_score"
-              else (f"{v:g}" if isinstance(v, float) else str(v)))) for k, v in r.items()]
-            for r in sub.to_dict("records")]
+    rows = [
+        [
+            (
+                "n/a"
+                if pd.isna(v)
+                else (
+                    f"{v:.4f}"
+                    if isinstance(v, float) and k == "full_score"
+                    else (f"{v:g}" if isinstance(v, float) else str(v))
+                )
+            )
+            for k, v in r.items()
+        ]
+        for r in sub.to_dict("records")
+    ]
     return headers, rows
 
 
 def write_markdown(path: Path, summary: dict[str, Any], table: pd.DataFrame) -> Path:
-    parts = ["# Rank fidelity report", "", *[f"{s}  " for s in _intro(summary)], "",
-             "## Headline", "", _md_table(HEADERS, headline_rows(summary)), "",
-             "![proxy vs full score](scatter.png)", "", "![cost vs rho](cost_vs_rho.png)", ""]
+    parts = [
+        "# Rank fidelity report",
+        "",
+        *[f"{s}  " for s in _intro(summary)],
+        "",
+        "## Headline",
+        "",
+        _md_table(HEADERS, headline_rows(summary)),
+        "",
+        "![proxy vs full score](scatter.png)",
+        "",
+        "![cost vs rho](cost_vs_rho.png)",
+        "",
+    ]
     notes = _notes(summary)
     if notes:
         parts += ["## Notes", "", *[f"- {s}" for s in notes], ""]
@@ -134,24 +183,29 @@ def _data_uri(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-        "padding:3px 8px;text-align:left;font-size:14px}th{background:#f3f3f3}"
-        "img{max-width:48%;margin:1%}")
+_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+    "padding:3px 8px;text-align:left;font-size:14px}th{background:#f3f3f3}"
+    "img{max-width:48%;margin:1%}"
+)
 
 
-def write_html(path: Path, summary: dict[str, Any], table: pd.DataFrame,
-               images: Sequence[Path]) -> Path:
+def write_html(
+    path: Path, summary: dict[str, Any], table: pd.DataFrame, images: Sequence[Path]
+) -> Path:
     """Self-contained: no external stylesheet, script or image source."""
     headers, rows = _candidates_rows(table)
     imgs = "".join(f'<img alt="{html.escape(p.stem)}" src="{_data_uri(p)}">' for p in images)
     notes = "".join(f"<li>{html.escape(s)}</li>" for s in _notes(summary))
     intro = "".join(f"<p>{html.escape(s)}</p>" for s in _intro(summary))
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Rank fidelity report"
-           f"</title><style>{_CSS}</style></head><body><h1>Rank fidelity report</h1>{intro}"
-           f"<h2>Headline</h2>{_html_table(HEADERS, headline_rows(summary))}<div>{imgs}</div>"
-           + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
-           + f"<h2>Candidates</h2>{_html_table(headers, rows)}</body></html>\n")
+    doc = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Rank fidelity report"
+        f"</title><style>{_CSS}</style></head><body><h1>Rank fidelity report</h1>{intro}"
+        f"<h2>Headline</h2>{_html_table(HEADERS, headline_rows(summary))}<div>{imgs}</div>"
+        + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
+        + f"<h2>Candidates</h2>{_html_table(headers, rows)}</body></html>\n"
+    )
     return atomic_write(path, lambda p: p.write_text(doc, encoding="utf-8"))
 
 
@@ -184,8 +238,15 @@ def plot_scatter(path: Path, table: pd.DataFrame, summary: dict[str, Any]) -> Pa
         r = table[f"proxy_rank:{p['name']}"].astype(float)
         pct = 1 - (r - 1) / max(r.count() - 1, 1)
         rho = "n/a" if p["spearman"] is None else f"{p['spearman']:.2f}"
-        ax.scatter(table["full_score"], pct, s=28, alpha=0.75, marker=markers[i % len(markers)],
-                   color=plt.get_cmap("tab10")(i % 10), label=f"{p['name']} (ρ={rho})")
+        ax.scatter(
+            table["full_score"],
+            pct,
+            s=28,
+            alpha=0.75,
+            marker=markers[i % len(markers)],
+            color=plt.get_cmap("tab10")(i % 10),
+            label=f"{p['name']} (ρ={rho})",
+        )
     ax.set_xlabel("full-data score (validation, mean over seeds)")
     ax.set_ylabel("proxy score, rank percentile (1 = proxy's best)")
     ax.set_title(f"Proxy vs full-data ranking ({summary['n']} candidates)")
@@ -206,10 +267,18 @@ def plot_cost_vs_rho(path: Path, summary: dict[str, Any]) -> Path:
             continue
         ci = p["spearman_ci"]
         err = [[rho - ci[0]], [ci[1] - rho]] if ci else None
-        ax.errorbar([max(cost, 1e-4)], [rho], yerr=err, fmt="o", capsize=3,
-                    color=plt.get_cmap("tab10")(i % 10), label=p["name"])
-        ax.annotate(p["name"], (max(cost, 1e-4), rho), fontsize=8, xytext=(4, 4),
-                    textcoords="offset points")
+        ax.errorbar(
+            [max(cost, 1e-4)],
+            [rho],
+            yerr=err,
+            fmt="o",
+            capsize=3,
+            color=plt.get_cmap("tab10")(i % 10),
+            label=p["name"],
+        )
+        ax.annotate(
+            p["name"], (max(cost, 1e-4), rho), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
     c, full_cost = summary["ceiling"], summary["full"]["cost_s_per_candidate"]
     if c["value"] is not None:
         ax.axhline(c["value"], color="k", ls="--", lw=1, label="noise ceiling")
@@ -237,8 +306,9 @@ def write_report(out: str | Path, table: pd.DataFrame, summary: dict[str, Any]) 
         "cost_vs_rho": plot_cost_vs_rho(out / "cost_vs_rho.png", summary),
     }
     files["markdown"] = write_markdown(out / "report.md", summary, table)
-    files["html"] = write_html(out / "report.html", summary, table,
-                               [files["scatter"], files["cost_vs_rho"]])
+    files["html"] = write_html(
+        out / "report.html", summary, table, [files["scatter"], files["cost_vs_rho"]]
+    )
     paths = {k: str(v) for k, v in files.items()}
     paths["summary"] = str(out / "summary.json")
     write_json(out / "summary.json", {**summary, "files": paths})

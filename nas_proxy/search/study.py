@@ -324,7 +324,8 @@ def fail_dead_workers(study: optuna.Study, trials: Sequence[FrozenTrial] | None 
     n = 0
     backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB storages in a cache
     single_machine = isinstance(backend, JournalStorage) or str(
-        getattr(getattr(backend, "engine", None), "url", "")).startswith("sqlite")
+        getattr(getattr(backend, "engine", None), "url", "")
+    ).startswith("sqlite")
     now = datetime.datetime.now()
     for t in (t for t in trials if t.state == TrialState.RUNNING):
         owner = str(t.user_attrs.get("worker", ""))

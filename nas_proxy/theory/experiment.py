@@ -40,8 +40,7 @@ from nas_proxy.theory.distill_tasks import METHODS, distill_task, initial_set
 from nas_proxy.train import TrainConfig, fit
 
 # The second task of the transfer experiment: same W, another link.
-TRANSFER_LINK = {"sumtanh": "prod", "prod": "sumtanh", "quadratic": "sumtanh",
-                 "argmax": "prod"}
+TRANSFER_LINK = {"sumtanh": "prod", "prod": "sumtanh", "quadratic": "sumtanh", "argmax": "prod"}
 
 
 @dataclass
@@ -76,13 +75,16 @@ class TheoryConfig:
             raise UserError(f"--k {self.k}: need 1 <= k <= d ({self.d})")
         for name in ("n_syn", "hidden", "eval_steps", "eval_seeds"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be "
-                                "at least 1")
+                raise UserError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1"
+                )
         if self.n_train < 2 * self.n_syn:
             raise UserError(f"--n-train {self.n_train}: need at least twice --n-syn")
         if any(d < self.k for d in self.scaling):
-            raise UserError(f"--scaling {','.join(map(str, self.scaling))}: every d must be at "
-                            f"least k = {self.k}")
+            raise UserError(
+                f"--scaling {','.join(map(str, self.scaling))}: every d must be at "
+                f"least k = {self.k}"
+            )
         self.out = Path(self.out)
 
     @property
@@ -98,8 +100,10 @@ def task_dataset(cfg: TheoryConfig, d: int | None = None, link: str | None = Non
     """The multi-index task; W depends only on (d, k, seed), so another link keeps W."""
     d = cfg.d if d is None else d
     link = cfg.link if link is None else link
-    return load_dataset(f"multi-index:d={d},k={cfg.k},n={cfg.n_train},n_test={cfg.n_test},"
-                        f"link={link},task={cfg.task},seed={cfg.seed}")
+    return load_dataset(
+        f"multi-index:d={d},k={cfg.k},n={cfg.n_train},n_test={cfg.n_test},"
+        f"link={link},task={cfg.task},seed={cfg.seed}"
+    )
 
 
 def recipe(n: int, cfg: TheoryConfig, seed: int = 0) -> TrainConfig:
@@ -107,9 +111,18 @@ def recipe(n: int, cfg: TheoryConfig, seed: int = 0) -> TrainConfig:
     steps whatever the set size (epochs are derived from it)."""
     batch = min(n, 256)
     epochs = math.ceil(cfg.eval_steps / math.ceil(n / batch))
-    return TrainConfig(epochs=epochs, lr=cfg.eval_lr, optimizer="sgd", momentum=0.9,
-                       weight_decay=5e-4, batch_size=batch, schedule="cosine", eval_every=0,
-                       recalibrate_norm=False, seed=seed)
+    return TrainConfig(
+        epochs=epochs,
+        lr=cfg.eval_lr,
+        optimizer="sgd",
+        momentum=0.9,
+        weight_decay=5e-4,
+        batch_size=batch,
+        schedule="cosine",
+        eval_every=0,
+        recalibrate_norm=False,
+        seed=seed,
+    )
 
 
 def first_linear(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -128,9 +141,15 @@ class Trained:
     model: nn.Module
 
 
-def train_and_test(x: torch.Tensor, y: torch.Tensor, data: Dataset, cfg: TheoryConfig,
-                   seed: int, initial_state: dict[str, torch.Tensor] | None = None,
-                   freeze_first: bool = False) -> Trained:
+def train_and_test(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data: Dataset,
+    cfg: TheoryConfig,
+    seed: int,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    freeze_first: bool = False,
+) -> Trained:
     """Train a fresh two-layer network on (x, y) with :func:`recipe`; test error on real data
     (classification: 1 − accuracy; regression: test MSE / variance of the test targets).
     ``freeze_first`` keeps the first layer as initialised (only the head learns)."""
@@ -143,9 +162,18 @@ def train_and_test(x: torch.Tensor, y: torch.Tensor, data: Dataset, cfg: TheoryC
             if freeze_first:  # no gradient, so SGD (and its weight decay) skips the layer
                 layer.requires_grad_(False)
 
-    model, res = fit(cfg.arch, x, y, recipe(len(x), cfg, seed), num_classes=data.num_classes,
-                     device=cfg.device, test=(data.test_x, data.test_y), on_epoch=grab_init,
-                     initial_state=initial_state, desc=f"n={len(x)}")
+    model, res = fit(
+        cfg.arch,
+        x,
+        y,
+        recipe(len(x), cfg, seed),
+        num_classes=data.num_classes,
+        device=cfg.device,
+        test=(data.test_x, data.test_y),
+        on_epoch=grab_init,
+        initial_state=initial_state,
+        desc=f"n={len(x)}",
+    )
     if res.test_accuracy is not None:
         error = 1.0 - res.test_accuracy
     else:
@@ -171,13 +199,19 @@ def sizes_for(n_syn: int, n_train: int) -> list[int]:
 # One distillation and its measurements
 
 
-def distill(cfg: TheoryConfig, data: Dataset, out: Path) -> tuple[torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor, dict[str, Any]]:
+def distill(
+    cfg: TheoryConfig, data: Dataset, out: Path
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Run the method; return (x_syn, y_syn, x_init, summary) read back from the proxy."""
-    opts = {**cfg.distill_opts, "arch": cfg.arch, "iterations": cfg.iterations,
-            "recipe": recipe(cfg.n_syn, cfg).to_dict()}
-    summary = distill_task(cfg.method, data, cfg.n_syn, out, opts, seed=cfg.seed,
-                           device=resolve_device(cfg.device))
+    opts = {
+        **cfg.distill_opts,
+        "arch": cfg.arch,
+        "iterations": cfg.iterations,
+        "recipe": recipe(cfg.n_syn, cfg).to_dict(),
+    }
+    summary = distill_task(
+        cfg.method, data, cfg.n_syn, out, opts, seed=cfg.seed, device=resolve_device(cfg.device)
+    )
     proxy = load_proxy(out)
     x_init = proxy.extra.get("init")
     if x_init is None:  # MTT's proxy: recompute the same seeded start
@@ -189,8 +223,9 @@ def weight_report(trained: Trained, W: torch.Tensor) -> dict[str, Any]:
     return subspace.weight_alignment(trained.W1, W, trained.W1_init)
 
 
-def measure(cfg: TheoryConfig, data: Dataset, out: Path,
-            with_baselines: bool = True) -> dict[str, Any]:
+def measure(
+    cfg: TheoryConfig, data: Dataset, out: Path, with_baselines: bool = True
+) -> dict[str, Any]:
     """Distil, then measure sample efficiency and alignment on ``data``."""
     W = data.extras["W"]
     x_syn, y_syn, x_init, summary = distill(cfg, data, out / "proxy")
@@ -198,7 +233,9 @@ def measure(cfg: TheoryConfig, data: Dataset, out: Path,
     on_syn = [train_and_test(x_syn, y_syn, data, cfg, s) for s in seeds]
     err, err_std = _mean_std([t.error for t in on_syn])
     result: dict[str, Any] = {
-        "d": data.extras["d"], "test_error_distilled": err, "test_error_distilled_std": err_std,
+        "d": data.extras["d"],
+        "test_error_distilled": err,
+        "test_error_distilled_std": err_std,
         **subspace.subspace_report(x_syn, W, x_init),
         "init_subspace_fraction": subspace.variance_fraction(x_init, W),
         "distill": {k: v for k, v in summary.items() if k != "experts"},
@@ -235,15 +272,22 @@ def transfer(cfg: TheoryConfig, x_syn: torch.Tensor, y_syn: torch.Tensor) -> dic
     data2 = task_dataset(cfg, link=link2)
     n2 = cfg.n_transfer or 50 * cfg.n_syn
     data1 = task_dataset(cfg)
-    errors: dict[str, list[float]] = {"pretrained": [], "scratch": [],
-                                      "frozen_pretrained": [], "frozen_random": []}
+    errors: dict[str, list[float]] = {
+        "pretrained": [],
+        "scratch": [],
+        "frozen_pretrained": [],
+        "frozen_random": [],
+    }
     for s in (cfg.seed + i for i in range(cfg.eval_seeds)):
         x2, y2 = random_subset(data2, n2, s + 1000)
         teacher = train_and_test(x_syn, y_syn, data1, cfg, s).model
         state = _with_head_of(teacher, cfg, data2, s)
-        runs = {"pretrained": {"initial_state": state}, "scratch": {},
-                "frozen_pretrained": {"initial_state": state, "freeze_first": True},
-                "frozen_random": {"freeze_first": True}}
+        runs = {
+            "pretrained": {"initial_state": state},
+            "scratch": {},
+            "frozen_pretrained": {"initial_state": state, "freeze_first": True},
+            "frozen_random": {"freeze_first": True},
+        }
         for name, kwargs in runs.items():
             errors[name].append(train_and_test(x2, y2, data2, cfg, s, **kwargs).error)
     out: dict[str, Any] = {"link": link2, "n": n2}
@@ -252,8 +296,9 @@ def transfer(cfg: TheoryConfig, x_syn: torch.Tensor, y_syn: torch.Tensor) -> dic
     return out
 
 
-def _with_head_of(pretrained: nn.Module, cfg: TheoryConfig, data: Dataset,
-                  seed: int) -> dict[str, torch.Tensor]:
+def _with_head_of(
+    pretrained: nn.Module, cfg: TheoryConfig, data: Dataset, seed: int
+) -> dict[str, torch.Tensor]:
     """A state dict: the pre-trained first layer, every other layer freshly initialised (the
     labels of the second task mean something else, so the old head would only mislead)."""
     seed_everything(seed)
@@ -269,8 +314,7 @@ def _with_head_of(pretrained: nn.Module, cfg: TheoryConfig, data: Dataset,
 # The whole run
 
 
-def run_theory(cfg: TheoryConfig, log: Callable[[str], None] = lambda _m: None
-               ) -> dict[str, Any]:
+def run_theory(cfg: TheoryConfig, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Every measurement; writes ``result.json`` and the PNGs under ``cfg.out``."""
     start = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -280,8 +324,15 @@ def run_theory(cfg: TheoryConfig, log: Callable[[str], None] = lambda _m: None
     x_syn, y_syn = main.pop("_syn")
     log("theory: transfer")
     result: dict[str, Any] = {
-        "method": cfg.method, "d": cfg.d, "k": cfg.k, "n_syn": cfg.n_syn, "link": cfg.link,
-        "task": cfg.task, "arch": cfg.arch, "n_train": len(data.train_y), **main,
+        "method": cfg.method,
+        "d": cfg.d,
+        "k": cfg.k,
+        "n_syn": cfg.n_syn,
+        "link": cfg.link,
+        "task": cfg.task,
+        "arch": cfg.arch,
+        "n_train": len(data.train_y),
+        **main,
         "transfer": transfer(cfg, x_syn, y_syn),
     }
     if cfg.scaling:
@@ -297,23 +348,32 @@ def run_theory(cfg: TheoryConfig, log: Callable[[str], None] = lambda _m: None
             rows.append(_scaling_row(row, cfg.n_syn))
         result["scaling"] = rows
     result["plots"] = {name: str(path) for name, path in make_plots(result, cfg.out).items()}
-    result.update(seed=cfg.seed, device=str(resolve_device(cfg.device)),
-                  wall_s=round(time.perf_counter() - start, 3), out=str(cfg.out),
-                  eval_recipe=recipe(cfg.n_syn, cfg).to_dict() | {"steps": cfg.eval_steps})
-    write_json(cfg.out / "result.json", {**result, "versions": versions(),
-                                         "config": {**asdict(cfg), "out": str(cfg.out)}})
+    result.update(
+        seed=cfg.seed,
+        device=str(resolve_device(cfg.device)),
+        wall_s=round(time.perf_counter() - start, 3),
+        out=str(cfg.out),
+        eval_recipe=recipe(cfg.n_syn, cfg).to_dict() | {"steps": cfg.eval_steps},
+    )
+    write_json(
+        cfg.out / "result.json",
+        {**result, "versions": versions(), "config": {**asdict(cfg), "out": str(cfg.out)}},
+    )
     return result
 
 
 def _scaling_row(row: dict[str, Any], n_syn: int) -> dict[str, Any]:
     wa = row["weight_alignment"]["distilled"]
-    return {"d": row["d"], "subspace_fraction": row["subspace_fraction"],
-            "change_subspace_fraction": row["change_subspace_fraction"],
-            "isotropic_fraction": row["isotropic_fraction"],
-            "principal_angles_deg": row["principal_angles_deg"],
-            "test_error_distilled": row["test_error_distilled"],
-            "test_error_random_10x": row["test_error_random"][10 * n_syn],
-            "weight_change_fraction_distilled": wa["change_fraction"]}
+    return {
+        "d": row["d"],
+        "subspace_fraction": row["subspace_fraction"],
+        "change_subspace_fraction": row["change_subspace_fraction"],
+        "isotropic_fraction": row["isotropic_fraction"],
+        "principal_angles_deg": row["principal_angles_deg"],
+        "test_error_distilled": row["test_error_distilled"],
+        "test_error_random_10x": row["test_error_random"][10 * n_syn],
+        "weight_change_fraction_distilled": wa["change_fraction"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,12 +400,23 @@ def make_plots(result: dict[str, Any], out: Path) -> dict[str, Path]:
     # 1. sample efficiency
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ns = sorted(result["test_error_random"], key=int)
-    ax.errorbar([int(n) for n in ns], [result["test_error_random"][n] for n in ns],
-                yerr=[result["test_error_random_std"][n] for n in ns], marker="o",
-                label="random real samples")
-    ax.errorbar([result["n_syn"]], [result["test_error_distilled"]],
-                yerr=[result["test_error_distilled_std"]], marker="*", markersize=14,
-                color="C3", linestyle="none", label=f"distilled ({result['method']})")
+    ax.errorbar(
+        [int(n) for n in ns],
+        [result["test_error_random"][n] for n in ns],
+        yerr=[result["test_error_random_std"][n] for n in ns],
+        marker="o",
+        label="random real samples",
+    )
+    ax.errorbar(
+        [result["n_syn"]],
+        [result["test_error_distilled"]],
+        yerr=[result["test_error_distilled_std"]],
+        marker="*",
+        markersize=14,
+        color="C3",
+        linestyle="none",
+        label=f"distilled ({result['method']})",
+    )
     ax.set(xscale="log", xlabel="training samples", ylabel="test error", title=title)
     ax.legend()
     save(fig, "sample_efficiency")
@@ -355,19 +426,29 @@ def make_plots(result: dict[str, Any], out: Path) -> dict[str, Path]:
         rows = result["scaling"]
         kd = [r["isotropic_fraction"] for r in rows]
         ax.plot(kd, [r["subspace_fraction"] for r in rows], "o-", label="distilled data")
-        ax.plot(kd, [r["change_subspace_fraction"] for r in rows], "s-",
-                label="change made by distillation")
-        ax.plot(kd, [r["weight_change_fraction_distilled"] for r in rows], "^-",
-                label="first-layer change (net on distilled)")
+        ax.plot(
+            kd,
+            [r["change_subspace_fraction"] for r in rows],
+            "s-",
+            label="change made by distillation",
+        )
+        ax.plot(
+            kd,
+            [r["weight_change_fraction_distilled"] for r in rows],
+            "^-",
+            label="first-layer change (net on distilled)",
+        )
         ax.plot(kd, kd, "k--", label="isotropic (k/d)")
         ax.set(xscale="log", yscale="log", xlabel="k/d", ylabel="fraction in span(W)")
         ax.set_xticks(kd, [f"{v:.3g}" for v in kd], minor=False)
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     else:
         wa = result["weight_alignment"]
-        bars = {"distilled data": result["subspace_fraction"],
-                "initial samples": result["init_subspace_fraction"],
-                "change by distillation": result["change_subspace_fraction"]}
+        bars = {
+            "distilled data": result["subspace_fraction"],
+            "initial samples": result["init_subspace_fraction"],
+            "change by distillation": result["change_subspace_fraction"],
+        }
         bars.update({f"W1 change ({name})": v["change_fraction"] for name, v in wa.items()})
         ax.barh(list(bars), list(bars.values()), color="C0")
         ax.axvline(result["isotropic_fraction"], color="k", linestyle="--", label="k/d")
@@ -378,14 +459,23 @@ def make_plots(result: dict[str, Any], out: Path) -> dict[str, Path]:
     # 3. principal angles
     fig, ax = plt.subplots(figsize=(5, 3.5))
     groups = {"distilled data": result["principal_angles_deg"]}
-    groups.update({f"W1 change ({name})": v["change_angles_deg"]
-                   for name, v in result["weight_alignment"].items()})
+    groups.update(
+        {
+            f"W1 change ({name})": v["change_angles_deg"]
+            for name, v in result["weight_alignment"].items()
+        }
+    )
     width = 0.8 / result["k"]
     for i in range(result["k"]):
-        ax.bar([j + i * width for j in range(len(groups))],
-               [angles[i] for angles in groups.values()], width, label=f"angle {i + 1}")
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], list(groups),
-                  rotation=15, fontsize=7)
+        ax.bar(
+            [j + i * width for j in range(len(groups))],
+            [angles[i] for angles in groups.values()],
+            width,
+            label=f"angle {i + 1}",
+        )
+    ax.set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(groups))], list(groups), rotation=15, fontsize=7
+    )
     ax.axhline(90, color="k", linewidth=0.5)
     ax.set(ylabel="principal angle to span(W) (deg)", ylim=(0, 95), title=title)
     ax.legend(fontsize=7)
@@ -393,22 +483,39 @@ def make_plots(result: dict[str, Any], out: Path) -> dict[str, Path]:
     # 4. transfer
     tr = result["transfer"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    names = {"pretrained": "pre-trained\non distilled", "scratch": "from\nscratch",
-             "frozen_pretrained": "frozen\ndistilled W1", "frozen_random": "frozen\nrandom W1"}
-    ax.bar(list(names.values()), [tr[k] for k in names], yerr=[tr[f"{k}_std"] for k in names],
-           color=["C3", "C0", "C1", "C7"])
-    ax.set(ylabel="test error, second task",
-           title=f"transfer to {tr['link']} ({tr['n']} real samples)")
+    names = {
+        "pretrained": "pre-trained\non distilled",
+        "scratch": "from\nscratch",
+        "frozen_pretrained": "frozen\ndistilled W1",
+        "frozen_random": "frozen\nrandom W1",
+    }
+    ax.bar(
+        list(names.values()),
+        [tr[k] for k in names],
+        yerr=[tr[f"{k}_std"] for k in names],
+        color=["C3", "C0", "C1", "C7"],
+    )
+    ax.set(
+        ylabel="test error, second task", title=f"transfer to {tr['link']} ({tr['n']} real samples)"
+    )
     save(fig, "transfer")
     # 5. scaling
     if result.get("scaling"):
         rows = result["scaling"]
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
         ds = [r["d"] for r in rows]
-        axes[0].plot(ds, [r["test_error_distilled"] for r in rows], "o-",
-                     label=f"distilled ({result['n_syn']})")
-        axes[0].plot(ds, [r["test_error_random_10x"] for r in rows], "s-",
-                     label=f"random real ({10 * result['n_syn']})")
+        axes[0].plot(
+            ds,
+            [r["test_error_distilled"] for r in rows],
+            "o-",
+            label=f"distilled ({result['n_syn']})",
+        )
+        axes[0].plot(
+            ds,
+            [r["test_error_random_10x"] for r in rows],
+            "s-",
+            label=f"random real ({10 * result['n_syn']})",
+        )
         for ax in axes:
             ax.set_xscale("log")
             ax.set_xticks(ds, [str(d) for d in ds])
@@ -416,8 +523,9 @@ def make_plots(result: dict[str, Any], out: Path) -> dict[str, Path]:
         axes[0].set(xlabel="d", ylabel="test error")
         axes[0].legend(fontsize=7)
         axes[1].plot(ds, [r["subspace_fraction"] for r in rows], "o-", label="distilled data")
-        axes[1].plot(ds, [r["change_subspace_fraction"] for r in rows], "s-",
-                     label="change by distillation")
+        axes[1].plot(
+            ds, [r["change_subspace_fraction"] for r in rows], "s-", label="change by distillation"
+        )
         axes[1].plot(ds, [r["isotropic_fraction"] for r in rows], "k--", label="k/d")
         axes[1].set(yscale="log", xlabel="d", ylabel="fraction in span(W)")
         axes[1].legend(fontsize=7)

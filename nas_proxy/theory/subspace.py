@@ -92,8 +92,9 @@ def data_angles_deg(x: ArrayLike, W: ArrayLike, center: bool = True) -> list[flo
     return principal_angles_deg(W, top_directions(x, k, center=center))
 
 
-def weight_alignment(W1: ArrayLike, W: ArrayLike,
-                     W1_init: ArrayLike | None = None) -> dict[str, float | list[float]]:
+def weight_alignment(
+    W1: ArrayLike, W: ArrayLike, W1_init: ArrayLike | None = None
+) -> dict[str, float | list[float]]:
     """Alignment of first-layer weights (rows = hidden units' input weights) with span(W).
 
     ``fraction``: energy of W1 in span(W) (uncentred: weights have no meaningful mean);
@@ -109,13 +110,13 @@ def weight_alignment(W1: ArrayLike, W: ArrayLike,
     if W1_init is not None:
         delta = _np(W1) - _np(W1_init)
         out["change_fraction"] = variance_fraction(delta, W, center=False)
-        out["change_angles_deg"] = principal_angles_deg(W, top_directions(delta, k,
-                                                                          center=False))
+        out["change_angles_deg"] = principal_angles_deg(W, top_directions(delta, k, center=False))
     return out
 
 
-def subspace_report(x: ArrayLike, W: ArrayLike,
-                    x_init: ArrayLike | None = None) -> dict[str, float | list[float]]:
+def subspace_report(
+    x: ArrayLike, W: ArrayLike, x_init: ArrayLike | None = None
+) -> dict[str, float | list[float]]:
     """Every data-side measurement of one set: fractions, angles and (given the initial
     samples) the fraction of the change that distillation made lying in span(W)."""
     k, d = orthonormal_basis(W).shape[0], _np(x).reshape(len(x), -1).shape[1]
