@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from nas_proxy.cli.evaluate_cmd import evaluate_proxy, format_table
+from nas_proxy.cli.evaluate_cmd import format_table
 from nas_proxy.data import load_dataset
 from nas_proxy.distill import distill
-from nas_proxy.distill.proxy import load_proxy
+from nas_proxy.distill.proxy import evaluate_proxy, load_proxy
 from nas_proxy.runtime import resolve_device
 
 HEADING = "## Baselines (Fashion-MNIST, IPC 10)"

@@ -2,55 +2,11 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
 import click
 
 from nas_proxy.cli.common import common_options, emit, info, main
-
-
-def evaluate_proxy(
-    proxy, dataset, specs: list[str], *, seeds: list[int], device, **overrides: Any
-) -> list[dict[str, Any]]:
-    """One row per spec: test accuracy of ``spec`` trained on ``proxy`` for each seed.
-
-    ``overrides`` replace recipe entries (``epochs``, ``lr``, ``recalibrate_norm``...; None
-    keeps the proxy's). The test split is scored once, after training, never per epoch.
-    """
-    from nas_proxy.distill.proxy import train_on_proxy
-
-    rows = []
-    for spec in specs:
-        start = time.perf_counter()
-        accuracies = []
-        for seed in seeds:
-            _, res = train_on_proxy(
-                proxy,
-                dataset,
-                spec,
-                seed=seed,
-                device=device,
-                score_split="test",
-                eval_every=0,
-                desc=f"{proxy.method} {spec} seed {seed}",
-                **overrides,
-            )
-            accuracies.append(res.val_accuracy)  # score_split="test": reported as val
-        rows.append(
-            {
-                "proxy": str(proxy.path),
-                "method": proxy.method,
-                "arch": spec,
-                "accuracy_mean": statistics.fmean(accuracies),
-                "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                "seeds": len(seeds),
-                "accuracies": accuracies,
-                "wall_s": round(time.perf_counter() - start, 3),
-            }
-        )
-    return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -125,7 +81,7 @@ def evaluate_command(
     """Train each --arch from scratch on each --proxy with the proxy's recipe for --seeds seeds;
     report mean ± std accuracy on the real test split."""
     from nas_proxy.data import load_dataset
-    from nas_proxy.distill.proxy import load_proxy
+    from nas_proxy.distill.proxy import evaluate_proxy, load_proxy
     from nas_proxy.models import parse_spec
     from nas_proxy.runtime import resolve_device
 

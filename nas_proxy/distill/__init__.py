@@ -52,19 +52,12 @@ def distill(
     device: torch.device | str = "auto",
 ) -> dict[str, Any]:
     """Build a proxy of ``dataset`` with ``ipc`` images per class into ``out``."""
+    from nas_proxy.distill.common import require_ipc
     from nas_proxy.runtime import resolve_device
 
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown; known methods: {', '.join(METHODS)}")
-    if ipc < 1:
-        raise UserError(f"--ipc {ipc}: must be at least 1")
-    sizes = torch.bincount(dataset.train_y, minlength=dataset.num_classes)
-    smallest = int(sizes.argmin())
-    if int(sizes[smallest]) < ipc:
-        raise UserError(
-            f"--ipc {ipc} is larger than class '{dataset.classes[smallest]}' "
-            f"({int(sizes[smallest])} training images)"
-        )
+    require_ipc(dataset, ipc)
     return METHODS[method](
         dataset, ipc, Path(out), dict(opts), seed=seed, device=resolve_device(device)
     )

@@ -34,20 +34,28 @@ def class_indices(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
     return [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
 
 
+def require_ipc(dataset: Dataset, ipc: int) -> None:
+    """Every class must hold at least ``ipc`` training images: never silently fewer."""
+    if ipc < 1:
+        raise UserError(f"--ipc {ipc}: must be at least 1")
+    sizes = torch.bincount(dataset.train_y, minlength=dataset.num_classes)
+    smallest = int(sizes.argmin())
+    if int(sizes[smallest]) < ipc:
+        raise UserError(
+            f"--ipc {ipc} is larger than class '{dataset.classes[smallest]}' "
+            f"({int(sizes[smallest])} training images)"
+        )
+
+
 def init_synthetic(
     dataset: Dataset, ipc: int, init: str = "real", seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` images per class: random real training samples (``real``) or Gaussian noise."""
     if init not in ("real", "noise"):
         raise UserError(f"--init {init}: expected real or noise")
+    require_ipc(dataset, ipc)
     g = torch.Generator().manual_seed(seed)
     by_class = class_indices(dataset.train_y, dataset.num_classes)
-    for c, idx in enumerate(by_class):
-        if len(idx) < ipc:
-            raise UserError(
-                f"class '{dataset.classes[c]}' has {len(idx)} training images, "
-                f"fewer than --ipc {ipc}"
-            )
     labels = torch.arange(dataset.num_classes).repeat_interleave(ipc)
     if init == "noise":
         return torch.randn((len(labels), *dataset.shape), generator=g), labels

@@ -39,10 +39,15 @@ from torch import nn
 
 from nas_proxy.augment import dsa
 from nas_proxy.data import Dataset
-from nas_proxy.distill.common import init_synthetic, run_iterations, save_image_grid
+from nas_proxy.distill.common import (
+    init_synthetic,
+    require_ipc,
+    run_iterations,
+    save_image_grid,
+)
 from nas_proxy.distill.presets import resolve_options
 from nas_proxy.distill.proxy import save_proxy
-from nas_proxy.distill.subsets import require_ipc, resolve_dsa
+from nas_proxy.distill.subsets import resolve_dsa
 from nas_proxy.distill.unroll import unroll_sgd
 from nas_proxy.errors import UserError
 from nas_proxy.experts import ExpertCache, ExpertSettings, ensure_experts, whiten

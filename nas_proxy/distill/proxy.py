@@ -9,6 +9,8 @@ recipe candidates should use, and the SHA-256 of the tensors file. Loading never
 from __future__ import annotations
 
 import datetime as _dt
+import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,3 +226,49 @@ def train_on_proxy(
         on_epoch=on_epoch,
         desc=desc,
     )
+
+
+def evaluate_proxy(
+    proxy: Proxy,
+    dataset: Dataset,
+    specs: list[str],
+    *,
+    seeds: list[int],
+    device: str | torch.device = "auto",
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """One row per spec: test accuracy of ``spec`` trained on ``proxy`` for each seed.
+
+    ``overrides`` replace recipe entries (``epochs``, ``lr``, ``recalibrate_norm``...; None
+    keeps the proxy's). The test split is scored once, after training, never per epoch.
+    """
+    rows = []
+    for spec in specs:
+        start = time.perf_counter()
+        accuracies = []
+        for seed in seeds:
+            _, res = train_on_proxy(
+                proxy,
+                dataset,
+                spec,
+                seed=seed,
+                device=device,
+                score_split="test",
+                eval_every=0,
+                desc=f"{proxy.method} {spec} seed {seed}",
+                **overrides,
+            )
+            accuracies.append(res.val_accuracy)  # score_split="test": reported as val
+        rows.append(
+            {
+                "proxy": str(proxy.path),
+                "method": proxy.method,
+                "arch": spec,
+                "accuracy_mean": statistics.fmean(accuracies),
+                "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "seeds": len(seeds),
+                "accuracies": accuracies,
+                "wall_s": round(time.perf_counter() - start, 3),
+            }
+        )
+    return rows

@@ -36,6 +36,7 @@ from nas_proxy.data import Dataset
 from nas_proxy.distill.common import (
     class_indices,
     init_synthetic,
+    require_ipc,
     run_iterations,
     save_image_grid,
 )
@@ -156,17 +157,6 @@ def write_proxy(
         "wall_s": round(wall_s, 3),
         **extra_summary,
     }
-
-
-def require_ipc(dataset: Dataset, ipc: int) -> None:
-    if ipc < 1:
-        raise UserError(f"--ipc {ipc}: must be at least 1")
-    for c, idx in enumerate(class_indices(dataset.train_y, dataset.num_classes)):
-        if len(idx) < ipc:
-            raise UserError(
-                f"class '{dataset.classes[c]}' has {len(idx)} training images, "
-                f"fewer than --ipc {ipc}"
-            )
 
 
 def classifier_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
