@@ -58,17 +58,19 @@ TIMM = [
 METHODS = ("mtt", "dm", "dc", "random", "herding")
 
 
-def convnet_candidates(n: int, seed: int) -> list[str]:
-    """``n`` ConvNets whose knobs each take every allowed value about equally often."""
+def convnet_candidates(n: int, seed: int, widths: list[int] | None = None) -> list[str]:
+    """``n`` ConvNets whose knobs each take every allowed value about equally often
+    (``widths``: a slice of the width range, for machines where width 128 is out of reach)."""
     rng = random.Random(seed)
+    space = {**CONVNET_SPACE, **({"width": widths} if widths else {})}
     columns = {}
-    for key, values in CONVNET_SPACE.items():
+    for key, values in space.items():
         col = (values * (n // len(values) + 1))[:n]
         rng.shuffle(col)
         columns[key] = col
     specs = []
     for i in range(n):
-        specs.append("convnet:" + ",".join(f"{k}={columns[k][i]}" for k in CONVNET_SPACE))
+        specs.append("convnet:" + ",".join(f"{k}={columns[k][i]}" for k in space))
     return specs
 
 
@@ -79,7 +81,7 @@ def stage_candidates(args: argparse.Namespace) -> Path:
         return path
     if args.n_timm > len(TIMM):
         sys.exit(f"--n-timm {args.n_timm}: at most {len(TIMM)}")
-    specs = convnet_candidates(args.n_convnet, args.seed) + TIMM[: args.n_timm]
+    specs = convnet_candidates(args.n_convnet, args.seed, args.widths) + TIMM[: args.n_timm]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"- {s}\n" for s in specs))
     print(f"candidates: {len(specs)} written to {path}", file=sys.stderr)
@@ -124,6 +126,17 @@ def stage_distill(args: argparse.Namespace) -> dict[str, float]:
     for method in args.methods:
         out = args.out / "proxies" / method
         record = out / "distill.json"
+        if method in args.proxy_dir:
+            out = Path(args.proxy_dir[method])
+            meta = read_json(out / "proxy.json")
+            if meta.get("method") != method:
+                sys.exit(f"--proxy-dir {method}={out}: built with {meta.get('method')}")
+            wall = meta.get("wall_s")
+            wall = args.build_s.get(method) if wall is None else wall
+            print(f"distill {method}: using {out} (built in {wall} s)", file=sys.stderr)
+            if wall is not None:
+                costs[str(out)] = float(wall)
+            continue
         if record.exists():
             result = read_json(record)
             print(f"distill {method}: reusing {out}", file=sys.stderr)
@@ -146,7 +159,7 @@ def stage_distill(args: argparse.Namespace) -> dict[str, float]:
 def stage_rank(args: argparse.Namespace, costs: dict[str, float]) -> dict:
     from nas_proxy.rank.compare import rank
 
-    proxies = [str(args.out / "proxies" / m) for m in args.methods]
+    proxies = [args.proxy_dir.get(m, str(args.out / "proxies" / m)) for m in args.methods]
     return rank(
         out=args.out / "rank",
         candidates_file=args.out / "candidates.yaml",
@@ -220,6 +233,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # candidates
     p.add_argument("--n-convnet", type=int, default=24)
     p.add_argument("--n-timm", type=int, default=6)
+    p.add_argument(
+        "--widths",
+        default=None,
+        type=lambda s: [int(w) for w in s.split(",")],
+        help="ConvNet widths to draw from, comma-separated [the whole space: 16,32,64,128]",
+    )
     # ground truth
     p.add_argument("--epochs", type=int, default=10, help="full-data training epochs")
     p.add_argument("--lr", type=float, default=0.05)
@@ -237,6 +256,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="architecture(s) to distill with, comma-separated [method default]",
         type=lambda s: [a.strip() for a in s.split(",")] if s else None,
+    )
+    p.add_argument(
+        "--proxy-dir",
+        action="append",
+        default=[],
+        metavar="METHOD=DIR",
+        help="use a proxy built elsewhere for METHOD instead of distilling one (repeat)",
+    )
+    p.add_argument(
+        "--build-s",
+        action="append",
+        default=[],
+        metavar="METHOD=SECONDS",
+        help="build cost of a --proxy-dir proxy whose proxy.json does not record it",
     )
     p.add_argument("--mtt-iterations", type=int, default=None)
     p.add_argument("--num-experts", type=int, default=None)
@@ -262,6 +295,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-n", type=int, default=10)
     p.add_argument("--bootstrap", type=int, default=2000)
     args = p.parse_args(argv)
+    args.proxy_dir = dict(kv.split("=", 1) for kv in args.proxy_dir)
+    args.build_s = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.build_s)}
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         p.error(f"--methods: unknown {sorted(unknown)} (known: {', '.join(METHODS)})")

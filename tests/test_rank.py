@@ -386,3 +386,21 @@ def test_cli_default_zero_cost_list_matches_the_library():
     from nas_proxy.cli.rank_cmd import ZERO_COST_DEFAULT
 
     assert baselines.parse_zero_cost(ZERO_COST_DEFAULT) == list(baselines.ZERO_COST)
+
+
+def test_load_study_uses_the_search_opener(tmp_path):
+    """rank opens studies exactly as search does: its errors name the studies a storage holds,
+    and a missing journal file is an error instead of a new empty study."""
+    import optuna
+
+    from nas_proxy.rank.candidates import load_study
+    from nas_proxy.search.study import make_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="found", storage=make_storage(url))
+    assert load_study(url, "found").study_name == "found"
+    with pytest.raises(UserError, match="it has: found"):
+        load_study(url, "missing")
+    with pytest.raises(UserError, match="journal file not found"):
+        load_study(str(tmp_path / "none.log"), "found")
+    assert not (tmp_path / "none.log").exists()

@@ -64,30 +64,24 @@ def load_candidates_file(path: str | Path) -> list[Candidate]:
 def load_study(storage: str, study_name: str):
     """Open an existing Optuna study; a missing study or bad URL is a UserError.
 
-    ``storage`` is an Optuna storage URL (``sqlite:///…``, ``postgresql://…``) or the path of a
-    journal file (``…/study.log`` or ``journal:///path``), the embedded default of ``search``.
+    ``storage`` is what ``search --storage`` accepts (``sqlite:///…``, ``postgresql://…``, a
+    journal file ``…/study.log`` or ``journal:///path``), opened by the same function as the
+    search's (:func:`nas_proxy.search.study.open_study`: drivers, SQLite tuning, heartbeats).
     """
     import optuna
 
+    from nas_proxy.search.study import journal_path, open_study, redact
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    journal = journal_path(storage)
+    if journal is not None and not Path(journal).is_file():
+        raise UserError(f"--storage {storage}: journal file not found")
     try:
-        return optuna.load_study(study_name=study_name, storage=_storage(storage))
-    except KeyError:
-        raise UserError(f"--study {study_name}: no such study in {storage}") from None
+        return open_study(storage, study_name)
     except (ValueError, ImportError, optuna.exceptions.OptunaError) as e:
-        raise UserError(f"--storage {storage}: cannot open ({str(e).splitlines()[0]})") from None
-
-
-def _storage(url: str):
-    if "://" in url and not url.startswith("journal:"):
-        return url
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    path = Path(url.removeprefix("journal://").removeprefix("journal:"))
-    if not path.is_file():
-        raise UserError(f"--storage {url}: journal file not found")
-    return JournalStorage(JournalFileBackend(str(path)))
+        raise UserError(
+            f"--storage {redact(storage)}: cannot open ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def study_trials(study) -> list[Candidate]:

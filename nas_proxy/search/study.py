@@ -80,7 +80,7 @@ def default_storage(out: str | Path) -> str:
     return f"sqlite:///{(Path(out) / DB_FILE).resolve()}"
 
 
-def _journal_path(url: str) -> str | None:
+def journal_path(url: str) -> str | None:
     if url.startswith("journal:"):
         path = url[len("journal:") :]
         return path[2:] if path.startswith("///") else path
@@ -123,7 +123,7 @@ def _requeue_lost(study: optuna.Study, trial: FrozenTrial) -> None:
 
 def make_storage(url: str) -> BaseStorage:
     """An Optuna storage for ``url`` (see the module docstring for the accepted forms)."""
-    journal = _journal_path(url)
+    journal = journal_path(url)
     if journal is not None:
         Path(journal).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(journal))
