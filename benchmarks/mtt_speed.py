@@ -21,13 +21,16 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 ARCH = "convnet:depth=3,width=128"  # the MTT ConvNet (instance norm)
-SHAPE = (1, 28, 28)  # Fashion-MNIST
+SIZE = 28  # Fashion-MNIST (the reference ConvNet pads it to 32: --image-size 32 matches it)
 CLASSES, IPC = 10, 10
 
 
-def child(steps: int, bounded: bool, iterations: int, device: str, threads: int) -> dict:
+def child(
+    steps: int, bounded: bool, iterations: int, device: str, threads: int, size: int = SIZE
+) -> dict:
     """Run ``iterations`` distillation iterations in this process; report time and memory."""
     import torch
 
@@ -40,10 +43,11 @@ def child(steps: int, bounded: bool, iterations: int, device: str, threads: int)
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     torch.manual_seed(0)
-    model = build_model(ARCH, SHAPE, CLASSES).to(dev).train()
+    shape = (1, size, size)
+    model = build_model(ARCH, shape, CLASSES).to(dev).train()
     start = {k: v.detach().clone() for k, v in model.named_parameters()}
     target = {k: v + 0.01 * torch.randn_like(v) for k, v in start.items()}
-    images = torch.randn(CLASSES * IPC, *SHAPE, device=dev, requires_grad=True)
+    images = torch.randn(CLASSES * IPC, *shape, device=dev, requires_grad=True)
     labels = torch.arange(CLASSES, device=dev).repeat_interleave(IPC)
     lr = torch.tensor(0.01, device=dev, requires_grad=True)
     opt = torch.optim.SGD([images], lr=100.0, momentum=0.5)
@@ -111,6 +115,8 @@ def run_setting(steps: int, bounded: bool, args) -> dict:
         args.device,
         "--threads",
         str(args.threads),
+        "--image-size",
+        str(args.image_size),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -142,6 +148,20 @@ def main() -> None:
         help="skip a full-graph setting whose peak, extrapolated linearly from the "
         "two previous ones, exceeds this share of MemAvailable",
     )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=SIZE,
+        help="side of the synthetic images (32: the conv work of the reference ConvNet, which "
+        "pads 28x28 inputs to 32x32)",
+    )
+    p.add_argument(
+        "--reference-json",
+        type=Path,
+        action="append",
+        default=[],
+        help="rows of benchmarks/mtt_reference.py --json-out to put in the same table (repeat)",
+    )
     p.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
@@ -151,7 +171,12 @@ def main() -> None:
         print(
             json.dumps(
                 child(
-                    args.child[0], bool(args.child[1]), args.iterations, args.device, args.threads
+                    args.child[0],
+                    bool(args.child[1]),
+                    args.iterations,
+                    args.device,
+                    args.threads,
+                    args.image_size,
                 )
             )
         )
@@ -212,7 +237,8 @@ def table(rows: list[dict], args) -> str:
 
     mem = "peak GPU MB" if any("peak_gpu_mb" in r for r in rows) else "peak RSS MB"
     lines = [
-        f"### {dt.date.today().isoformat()}: Fashion-MNIST shape, IPC {IPC}, `{ARCH}`",
+        f"### {dt.date.today().isoformat()}: Fashion-MNIST, IPC {IPC}, `{ARCH}`, "
+        f"{args.image_size}×{args.image_size} images",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, {args.threads or 'default'} torch thread(s); load average at "
@@ -234,12 +260,21 @@ def table(rows: list[dict], args) -> str:
             f"| {r['steps']} | {mode} | {r['s_per_iteration']:.2f} | {peak:.0f} | "
             f"{peak - base:.0f} |"
         )
+    for path in args.reference_json:
+        for r in json.loads(path.read_text()):
+            if "error" in r:
+                lines.append(f"| {r['steps']} | reference mtt-distillation | {r['error']} | | |")
+                continue
+            lines.append(
+                f"| {r['steps']} | reference mtt-distillation (32×32 maps) | "
+                f"{r['s_per_iteration']:.2f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f} |"
+            )
     lines += [
-        "| TODO | reference mtt-distillation on the same settings and machine (not measured "
-        "yet) | | | |",
         "",
         f"Command: `python benchmarks/mtt_speed.py --iterations {args.iterations}"
         + (f" --threads {args.threads}" if args.threads else "")
+        + (f" --image-size {args.image_size}" if args.image_size != SIZE else "")
         + f" --device {args.device}`",
     ]
     return "\n".join(lines)
