@@ -129,7 +129,7 @@ def stage_distill(args: argparse.Namespace) -> dict[str, float]:
         if method in args.proxy_dir:
             out = Path(args.proxy_dir[method])
             meta = read_json(out / "proxy.json")
-            if meta.get("method") != method:
+            if method in METHODS and meta.get("method") != method:
                 sys.exit(f"--proxy-dir {method}={out}: built with {meta.get('method')}")
             wall = meta.get("wall_s")
             wall = args.build_s.get(method) if wall is None else wall
@@ -262,7 +262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="METHOD=DIR",
-        help="use a proxy built elsewhere for METHOD instead of distilling one (repeat)",
+        help="use a proxy built elsewhere for METHOD instead of distilling one (repeat; a "
+        "name that is not a method, e.g. mtt-multi, adds a proxy of that name)",
     )
     p.add_argument(
         "--build-s",
@@ -297,7 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.proxy_dir = dict(kv.split("=", 1) for kv in args.proxy_dir)
     args.build_s = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.build_s)}
-    unknown = set(args.methods) - set(METHODS)
+    unknown = set(args.methods) - set(METHODS) - set(args.proxy_dir)
     if unknown:
         p.error(f"--methods: unknown {sorted(unknown)} (known: {', '.join(METHODS)})")
     return args
