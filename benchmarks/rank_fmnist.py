@@ -16,6 +16,15 @@ Full run (many CPU hours; minutes per candidate on a GPU):
 
     python benchmarks/rank_fmnist.py --out runs/bench-rank-fmnist --workers 2
 
+The CPU-scale run recorded in benchmarks/RESULTS.md (widths 16/32, a 2-epoch ground truth,
+proxies built by benchmarks/proxies_fmnist.py and reused with ``--proxy-dir``; ≈ 1.5 h on 2
+cores):
+
+    python benchmarks/rank_fmnist.py --widths 16,32 --epochs 2 --proxy-epochs 100 \\
+        --methods mtt,mtt-multi,dm,dc,herding,random \\
+        --proxy-dir mtt=runs/bench-baselines-fmnist/mtt \\
+        --proxy-dir mtt-multi=runs/bench-baselines-fmnist/mtt-multi ... --workers 2
+
 Smoke run (proves the plumbing, numbers mean little):
 
     python benchmarks/rank_fmnist.py --out runs/bench-rank-smoke --n-convnet 4 --n-timm 2 \\
