@@ -406,6 +406,17 @@ def run_setting(steps: int, args: argparse.Namespace, root: Path, launcher: Path
     return row
 
 
+def markdown_row(r: dict) -> str:
+    """One row (a ``--json-out`` entry) in the columns of this table and of mtt_speed.py's."""
+    if "error" in r:
+        return f"| {r['steps']} | {r['implementation']} | {r['error']} | | |"
+    return (
+        f"| {r['steps']} | {r['implementation']} (32×32 maps) | {r['s_per_iteration']:.2f} "
+        f"(median {r['median_s_per_iteration']:.2f}) | {r['peak_rss_mb']:.0f} | "
+        f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f} |"
+    )
+
+
 def table(rows: list[dict], args: argparse.Namespace, snapshot: str) -> str:
     """Markdown table in the units of benchmarks/mtt_speed.py."""
     import torch
@@ -423,15 +434,7 @@ def table(rows: list[dict], args: argparse.Namespace, snapshot: str) -> str:
         "| syn-steps | implementation | s / iteration | peak RSS MB | growth over start MB |",
         "|---|---|---|---|---|",
     ]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['steps']} | {r['implementation']} | {r['error']} | | |")
-            continue
-        lines.append(
-            f"| {r['steps']} | {r['implementation']} | {r['s_per_iteration']:.2f} "
-            f"({r['median_s_per_iteration']:.2f}) | {r['peak_rss_mb']:.0f} | "
-            f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f} |"
-        )
+    lines += [markdown_row(r) for r in rows]
     steps = " ".join(str(s) for s in args.steps)
     lines += [
         "",

@@ -260,16 +260,9 @@ def table(rows: list[dict], args) -> str:
             f"| {r['steps']} | {mode} | {r['s_per_iteration']:.2f} | {peak:.0f} | "
             f"{peak - base:.0f} |"
         )
-    for path in args.reference_json:
-        for r in json.loads(path.read_text()):
-            if "error" in r:
-                lines.append(f"| {r['steps']} | reference mtt-distillation | {r['error']} | | |")
-                continue
-            lines.append(
-                f"| {r['steps']} | reference mtt-distillation (32×32 maps) | "
-                f"{r['s_per_iteration']:.2f} | {r['peak_rss_mb']:.0f} | "
-                f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f} |"
-            )
+    from mtt_reference import markdown_row  # benchmarks/ is on sys.path when run as a script
+
+    lines += [markdown_row(r) for path in args.reference_json for r in json.loads(path.read_text())]
     lines += [
         "",
         f"Command: `python benchmarks/mtt_speed.py --iterations {args.iterations}"

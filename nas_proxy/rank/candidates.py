@@ -65,23 +65,15 @@ def load_study(storage: str, study_name: str):
     """Open an existing Optuna study; a missing study or bad URL is a UserError.
 
     ``storage`` is what ``search --storage`` accepts (``sqlite:///…``, ``postgresql://…``, a
-    journal file ``…/study.log`` or ``journal:///path``), opened by the same function as the
-    search's (:func:`nas_proxy.search.study.open_study`: drivers, SQLite tuning, heartbeats).
+    journal file ``…/study.log`` or ``journal:///path``), opened by the search's own
+    :func:`nas_proxy.search.study.open_study` (drivers, SQLite tuning, the errors).
     """
     import optuna
 
-    from nas_proxy.search.study import journal_path, open_study, redact
+    from nas_proxy.search.study import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    journal = journal_path(storage)
-    if journal is not None and not Path(journal).is_file():
-        raise UserError(f"--storage {storage}: journal file not found")
-    try:
-        return open_study(storage, study_name)
-    except (ValueError, ImportError, optuna.exceptions.OptunaError) as e:
-        raise UserError(
-            f"--storage {redact(storage)}: cannot open ({str(e).splitlines()[0]})"
-        ) from None
+    return open_study(storage, study_name)
 
 
 def study_trials(study) -> list[Candidate]:

@@ -175,7 +175,13 @@ def _tune_sqlite(storage: RDBStorage) -> None:
 
 
 def open_study(storage: str, study_name: str = DEFAULT_STUDY) -> optuna.Study:
-    """Load an existing study (for rank, notebooks); UserError naming the studies there."""
+    """Load an existing study (for rank, notebooks); UserError naming the studies there.
+
+    A journal file that does not exist is an error here (``make_storage`` would create it).
+    """
+    journal = journal_path(storage)
+    if journal is not None and not Path(journal).is_file():
+        raise UserError(f"--storage {storage}: journal file not found")
     store = make_storage(storage)
     try:
         return optuna.load_study(study_name=study_name, storage=store)
@@ -185,6 +191,8 @@ def open_study(storage: str, study_name: str = DEFAULT_STUDY) -> optuna.Study:
             f"--study {study_name}: no such study in {redact(storage)} (it has: "
             f"{', '.join(names) or 'none'})"
         ) from None
+    except (ValueError, ImportError, optuna.exceptions.OptunaError) as e:
+        raise UserError(f"--storage {redact(storage)}: cannot open ({_first_line(e)})") from None
 
 
 def _first_line(e: BaseException) -> str:
