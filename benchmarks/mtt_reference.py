@@ -69,6 +69,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nas_proxy.launch import allocator_env
+
 DEFAULT_REFERENCE = Path("/work/refsnap/mtt-distillation")
 DEFAULT_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = (
@@ -317,9 +319,11 @@ def prepare_data(fmnist_dir: Path, data_path: Path) -> None:
             raise FileNotFoundError(f"{gz} not found (Fashion-MNIST IDX files)")
 
 
-def child_env(shims: Path, threads: int, stats: Path | None = None) -> dict[str, str]:
-    """Environment of a reference child: shims first on PYTHONPATH, threads, stats file."""
-    env = dict(os.environ)
+def child_env(
+    shims: Path, threads: int, stats: Path | None = None, allocator: str = "system"
+) -> dict[str, str]:
+    """Environment of a reference child: its malloc, shims first on PYTHONPATH, threads, stats."""
+    env = allocator_env(allocator, dict(os.environ))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shims), env.get("PYTHONPATH")]))
     env["MTT_REF_SHIM"] = "1"
     env["MTT_REF_THREADS"] = str(threads)
@@ -371,9 +375,9 @@ def run_setting(steps: int, args: argparse.Namespace, root: Path, launcher: Path
     ]  # fmt: skip
     t0 = time.perf_counter()
     with open(work / "log.txt", "w") as log:
-        env = child_env(root / "shims", args.threads, stats)
+        env = child_env(root / "shims", args.threads, stats, args.allocator)
         proc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=log)
-    row: dict = {"steps": steps, "implementation": IMPLEMENTATION}
+    row: dict = {"steps": steps, "implementation": IMPLEMENTATION, "allocator": args.allocator}
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     data = json.loads(stats.read_text()) if stats.is_file() else None
     if proc.returncode != 0 or data is None or not data.get("finished"):
@@ -411,7 +415,8 @@ def markdown_row(r: dict) -> str:
     if "error" in r:
         return f"| {r['steps']} | {r['implementation']} | {r['error']} | | |"
     return (
-        f"| {r['steps']} | {r['implementation']} (32×32 maps) | {r['s_per_iteration']:.2f} "
+        f"| {r['steps']} | {r['implementation']} (32×32 maps, fp32, "
+        f"{r.get('allocator', 'system')} malloc) | {r['s_per_iteration']:.2f} "
         f"(median {r['median_s_per_iteration']:.2f}) | {r['peak_rss_mb']:.0f} | "
         f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f} |"
     )
@@ -439,7 +444,7 @@ def table(rows: list[dict], args: argparse.Namespace, snapshot: str) -> str:
     lines += [
         "",
         f"Command: `python benchmarks/mtt_reference.py --steps {steps} --iterations "
-        f"{args.iterations} --threads {args.threads}`",
+        f"{args.iterations} --threads {args.threads} --allocator {args.allocator}`",
     ]
     return "\n".join(lines)
 
@@ -455,6 +460,12 @@ def main() -> None:
     p.add_argument("--fmnist-dir", type=Path, default=DEFAULT_FMNIST, help="IDX files (.gz)")
     p.add_argument("--json-out", type=Path, help="also write the rows as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    p.add_argument(
+        "--allocator",
+        default="system",
+        choices=["system", "tcmalloc"],
+        help="malloc of the reference's processes (system: as it is run upstream)",
+    )
     args = p.parse_args()
     if not (args.reference_dir / "distill.py").is_file():
         print(f"no reference snapshot at {args.reference_dir} (see --help)", file=sys.stderr)

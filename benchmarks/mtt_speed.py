@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -23,21 +24,30 @@ import sys
 import time
 from pathlib import Path
 
+from nas_proxy.launch import allocator_env, find_tcmalloc
+
 ARCH = "convnet:depth=3,width=128"  # the MTT ConvNet (instance norm)
 SIZE = 28  # Fashion-MNIST (the reference ConvNet pads it to 32: --image-size 32 matches it)
 CLASSES, IPC = 10, 10
 
 
 def child(
-    steps: int, bounded: bool, iterations: int, device: str, threads: int, size: int = SIZE
+    steps: int,
+    bounded: bool,
+    iterations: int,
+    device: str,
+    threads: int,
+    size: int = SIZE,
+    precision: str = "fp32",
 ) -> dict:
     """Run ``iterations`` distillation iterations in this process; report time and memory."""
     import torch
 
     from nas_proxy.augment import dsa
+    from nas_proxy.distill.mtt import PRECISIONS
     from nas_proxy.distill.unroll import unroll_sgd
     from nas_proxy.models import build_model
-    from nas_proxy.runtime import resolve_device
+    from nas_proxy.runtime import allocator, resolve_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -72,6 +82,7 @@ def child(
             generator=g,
             augment=lambda x, gen: dsa(x, strategy, generator=gen),
             memory_bounded=bounded,
+            amp_dtype=PRECISIONS[precision],
         )
         loss = sum(((final[k] - target[k]) ** 2).sum() for k in final) / sum(
             ((start[k] - target[k]) ** 2).sum() for k in final
@@ -85,6 +96,8 @@ def child(
     out = {
         "steps": steps,
         "memory_bounded": bounded,
+        "precision": precision,
+        "allocator": allocator(),
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "s_per_iteration": min(times),
@@ -102,7 +115,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def run_setting(steps: int, bounded: bool, args) -> dict:
+def run_setting(steps: int, bounded: bool, precision: str, args) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -117,12 +130,17 @@ def run_setting(steps: int, bounded: bool, args) -> dict:
         str(args.threads),
         "--image-size",
         str(args.image_size),
+        "--precision",
+        precision,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = allocator_env(args.allocator, dict(os.environ))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {
             "steps": steps,
             "memory_bounded": bounded,
+            "precision": precision,
+            "allocator": args.allocator,
             "error": (proc.stderr.strip().splitlines() or ["killed"])[-1],
         }
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -162,6 +180,19 @@ def main() -> None:
         default=[],
         help="rows of benchmarks/mtt_reference.py --json-out to put in the same table (repeat)",
     )
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "bf16"],
+        help="inner-step precision(s) to measure (--precision of nas-proxy distill)",
+    )
+    p.add_argument(
+        "--allocator",
+        default="tcmalloc" if find_tcmalloc() else "system",
+        choices=["system", "tcmalloc"],
+        help="malloc of the measured processes (default: what the nas-proxy CLI runs with here)",
+    )
     p.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
@@ -177,6 +208,7 @@ def main() -> None:
                     args.device,
                     args.threads,
                     args.image_size,
+                    args.precision[0],
                 )
             )
         )
@@ -184,21 +216,8 @@ def main() -> None:
     settings = [(s, b) for s in args.steps for b in (False, True)]
     settings += [(s, True) for s in args.bounded_steps if (s, True) not in settings]
     rows: list[dict] = []
-    for steps, bounded in settings:
-        on_gpu = any("peak_gpu_mb" in r for r in rows)  # the guard is for host memory
-        projected = None if bounded or on_gpu else _projected_mb(rows, steps)
-        if projected is not None and projected > args.memory_share * _available_mb():
-            row = {
-                "steps": steps,
-                "memory_bounded": False,
-                "error": f"not run: projected peak {projected / 1024:.1f} GB is over "
-                f"{args.memory_share:.0%} of the memory available on this shared "
-                "machine",
-            }
-        else:
-            row = run_setting(steps, bounded, args)
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+    for precision in args.precision:
+        rows += measure(settings, precision, args)
     report = table(rows, args)
     print(report)
     if args.json:
@@ -208,6 +227,28 @@ def main() -> None:
 
         title = "MTT: seconds and peak memory per distillation iteration"
         replace_block("mtt-speed", title, report)
+
+
+def measure(settings: list[tuple[int, bool]], precision: str, args) -> list[dict]:
+    """One row per (syn-steps, memory-bounded) setting, each in a fresh child process."""
+    rows: list[dict] = []
+    for steps, bounded in settings:
+        on_gpu = any("peak_gpu_mb" in r for r in rows)  # the guard is for host memory
+        projected = None if bounded or on_gpu else _projected_mb(rows, steps)
+        if projected is not None and projected > args.memory_share * _available_mb():
+            row = {
+                "steps": steps,
+                "memory_bounded": False,
+                "precision": precision,
+                "error": f"not run: projected peak {projected / 1024:.1f} GB is over "
+                f"{args.memory_share:.0%} of the memory available on this shared "
+                "machine",
+            }
+        else:
+            row = run_setting(steps, bounded, precision, args)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
 
 
 def _projected_mb(rows: list[dict], steps: int) -> float | None:
@@ -231,7 +272,6 @@ def _available_mb() -> float:
 
 def table(rows: list[dict], args) -> str:
     import datetime as dt
-    import os
 
     import torch
 
@@ -251,6 +291,7 @@ def table(rows: list[dict], args) -> str:
     ]
     for r in rows:
         mode = "memory-bounded" if r["memory_bounded"] else "full graph"
+        mode += f", {r.get('precision', 'fp32')}, {r.get('allocator', 'system')} malloc"
         if "error" in r:
             lines.append(f"| {r['steps']} | {mode} | {r['error']} | | |")
             continue
@@ -268,6 +309,7 @@ def table(rows: list[dict], args) -> str:
         f"Command: `python benchmarks/mtt_speed.py --iterations {args.iterations}"
         + (f" --threads {args.threads}" if args.threads else "")
         + (f" --image-size {args.image_size}" if args.image_size != SIZE else "")
+        + f" --precision {' '.join(args.precision)} --allocator {args.allocator}"
         + f" --device {args.device}`",
     ]
     return "\n".join(lines)

@@ -1,3 +1,3 @@
-from nas_proxy.cli import run
+from nas_proxy.launch import main
 
-run()
+main()

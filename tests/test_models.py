@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from nas_proxy.errors import UserError
 from nas_proxy.models import (
@@ -19,6 +20,7 @@ from nas_proxy.models import (
     register_family,
 )
 from nas_proxy.models import registry as model_registry
+from nas_proxy.models.layers import AvgPool2x2
 
 SHAPES = [(1, 8, 8), (3, 8, 8), (1, 28, 28), (3, 28, 28), (1, 32, 32), (3, 32, 32)]
 
@@ -331,3 +333,24 @@ def test_model_profile_is_cached_and_leaves_rng_alone():
     profile["params"] = -1  # the caller's copy; the cache keeps its own
     again = model_profile(parse_spec("mlp:hidden=16"), [1, 8, 8], 10)
     assert again["params"] == 1210
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (2, 3, 17, 19), (2, 3, 7, 7)])
+def test_avg_pool_2x2_equals_avg_pool2d_to_second_derivatives(shape):
+    pool = AvgPool2x2()
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    fast = shape[-1] * shape[-2] >= AvgPool2x2.MIN_AREA
+    assert ("AvgPool" not in type(pool(x).grad_fn).__name__) == fast  # which path ran
+
+    def derivatives(fn):
+        y = fn(x)
+        (g,) = torch.autograd.grad((y**3).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad((g**2).sum(), x)
+        return y, g, gg
+
+    for ours, plain in zip(
+        derivatives(pool), derivatives(lambda t: F.avg_pool2d(t, 2)), strict=True
+    ):
+        assert torch.allclose(ours, plain, rtol=1e-12, atol=1e-12)
+    bf16 = x.detach().bfloat16()
+    assert torch.allclose(pool(bf16).float(), F.avg_pool2d(bf16, 2).float(), rtol=2e-2, atol=2e-2)

@@ -124,6 +124,58 @@ def test_memory_bounded_gradient_equals_full_graph():
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_bf16_inner_steps_follow_fp32():
+    """Mixed precision changes the numbers (autocast really ran) but not the direction of the
+    image gradient, in either mode."""
+    torch.manual_seed(0)
+    shape = (1, 16, 16)
+    model = build_model("convnet:depth=2,width=16", shape, 4).train()
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    target = {k: v + 0.05 * torch.randn_like(v) for k, v in params.items()}
+    x = torch.randn(24, *shape, requires_grad=True)
+    y = torch.arange(4).repeat_interleave(6)
+    lr = torch.tensor(0.05, requires_grad=True)
+    grads = {}
+    for name, amp, bounded in [
+        ("fp32", None, False),
+        ("bf16", torch.bfloat16, False),
+        ("bf16-bounded", torch.bfloat16, True),
+    ]:
+        out = unroll_sgd(
+            model,
+            params,
+            x,
+            y,
+            lr,
+            steps=4,
+            batch_size=12,
+            generator=torch.Generator().manual_seed(3),
+            memory_bounded=bounded,
+            amp_dtype=amp,
+        )
+        assert all(v.dtype == torch.float32 for v in out.values())
+        loss = sum(((out[k] - target[k]) ** 2).sum() for k in out)
+        grads[name] = torch.autograd.grad(loss, x)[0].flatten()
+
+    def cos(a, b):
+        return torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0).item()
+
+    assert not torch.allclose(grads["bf16"], grads["fp32"], rtol=1e-4, atol=0)
+    assert cos("bf16", "fp32") > 0.98
+    assert cos("bf16-bounded", "bf16") > 0.999
+
+
+def test_precision_auto_follows_native_bf16(monkeypatch, digits):
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert mtt.resolve_precision("auto", CPU) == "fp32"
+    assert mtt.resolve_precision("bf16", CPU) == "bf16"  # explicit choices are kept
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert mtt.resolve_precision("auto", CPU) == "bf16"
+    # the config (and so a run's fingerprint) holds the resolved value, never "auto"
+    assert mtt.mtt_config(digits, 1, {"precision": "auto"}, CPU).precision == "bf16"
+
+
 def test_mtt_loss_decreases_and_writes_a_proxy(digits, experts_root, tmp_path):
     # One expert, one start epoch: every iteration matches the same segment.
     opts = {
@@ -219,6 +271,8 @@ def test_options_merge_and_errors(digits, tmp_path):
         distill("mtt", digits, 1000, tmp_path, {}, seed=0, device=CPU)
     with pytest.raises(UserError, match="unknown; known methods"):
         distill("kip", digits, 1, tmp_path, {}, seed=0, device=CPU)
+    with pytest.raises(UserError, match="--precision fp16: expected auto, fp32 or bf16"):
+        mtt.mtt_config(digits, 1, {"precision": "fp16"})
 
 
 def test_cli_distill_tiny_digits(experts_root, tmp_path):
@@ -247,6 +301,8 @@ def test_cli_distill_tiny_digits(experts_root, tmp_path):
         "2",
         "--eval-epochs",
         "3",
+        "--precision",
+        "bf16",
         "--device",
         "cpu",
         "--json",
@@ -257,7 +313,8 @@ def test_cli_distill_tiny_digits(experts_root, tmp_path):
     assert {"dir", "method", "ipc", "images", "iterations", "wall_s"} <= set(result)
     assert result["method"] == "mtt" and result["images"] == 10
     assert load_proxy(out).meta["recipe"]["epochs"] == 3
-    assert read_json(out / "proxy.json")["settings"]["syn_steps"] == 3
+    settings = read_json(out / "proxy.json")["settings"]
+    assert settings["syn_steps"] == 3 and settings["precision"] == "bf16"
     # divergence is the user's hyperparameter problem: a UserError (exit 2, one line)
     args[args.index("--out") + 1] = str(tmp_path / "nan")
     res = CliRunner().invoke(main, [*args, "--lr-img", "1e30"])

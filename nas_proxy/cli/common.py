@@ -17,13 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 import yaml
 
 from nas_proxy.errors import UserError
+from nas_proxy.runtime import allocator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="nas-proxy")
+@click.version_option(
+    package_name="nas-proxy",
+    message=f"%(prog)s %(version)s (torch {torch.__version__}, allocator {allocator()})",
+)
 def main() -> None:
     """nas-proxy: distill a tiny proxy of a dataset, search architectures on it, and measure
     how faithfully the proxy ranks them.

@@ -75,6 +75,13 @@ def distill_options(f):
             default=None,
             help="MTT: recompute inner steps in the backward pass (flat memory).",
         ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp32", "bf16"]),
+            default=None,
+            help="MTT: bf16 runs the inner steps' forwards under autocast (parameters, updates "
+            "and loss stay fp32); auto picks bf16 where the device has it natively.",
+        ),
         click.option("--checkpoint-every", type=click.IntRange(min=1), default=None),
         click.option(
             "--eval-epochs",

@@ -19,7 +19,9 @@ a ``preset`` for the published CIFAR settings):
 - ``iterations``, ``syn_steps``, ``expert_epochs``, ``max_start_epoch``, ``batch_syn``
 - ``lr_img``, ``lr_lr``, ``lr_teacher`` (initial step size), ``momentum``
 - ``soft_labels``, ``lr_label``, ``label_scale``; ``init`` (real | noise); ``zca``; ``dsa``
-- ``memory_bounded``, ``checkpoint_every``; ``eval_epochs``, ``eval_batch_size`` (the recipe)
+- ``memory_bounded``, ``precision`` (auto | fp32 | bf16: the inner steps' forwards under
+  autocast; auto is bf16 where the device has it natively),
+  ``checkpoint_every``; ``eval_epochs``, ``eval_batch_size`` (the recipe)
 
 Neither ``iterations`` nor ``memory_bounded`` is part of the checkpoint's fingerprint: a
 finished run can be extended with more iterations, and a run can be resumed in the other mode.
@@ -53,6 +55,22 @@ from nas_proxy.errors import UserError
 from nas_proxy.experts import ExpertCache, ExpertSettings, ensure_experts, whiten
 
 LR_EXPLODES = 100.0  # stop when the learned step size exceeds this multiple of its start
+# Autocast dtype of the inner steps' forwards; parameters, updates and the loss stay float32.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` is bf16 where ``device`` computes it natively (a CUDA GPU with bf16, a CPU with
+    AVX512-BF16 or AMX) and fp32 elsewhere, where emulated bf16 would be slower."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        native = any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+        return "bf16" if native else "fp32"
+    return "fp32"
 
 
 @dataclass
@@ -122,6 +140,7 @@ class MTTConfig:
     zca: bool
     iterations: int
     memory_bounded: bool
+    precision: str
     checkpoint_every: int
     eval_epochs: int
     eval_batch_size: int
@@ -152,8 +171,11 @@ class MTTConfig:
         }
 
 
-def mtt_config(dataset: Dataset, ipc: int, opts: dict[str, Any]) -> MTTConfig:
-    """Merge defaults, dataset defaults, preset and ``opts``; check every value."""
+def mtt_config(
+    dataset: Dataset, ipc: int, opts: dict[str, Any], device: torch.device | None = None
+) -> MTTConfig:
+    """Merge defaults, dataset defaults, preset and ``opts``; check every value; resolve
+    ``precision=auto`` for ``device`` (default CPU)."""
     from nas_proxy.models import parse_spec
 
     o = resolve_options(dataset.name, ipc, opts)
@@ -161,6 +183,8 @@ def mtt_config(dataset: Dataset, ipc: int, opts: dict[str, Any]) -> MTTConfig:
         raise UserError(f"--arch-order {o['arch_order']}: expected round-robin or random")
     if o["init"] not in ("real", "noise"):
         raise UserError(f"--init {o['init']}: expected real or noise")
+    if o["precision"] not in ("auto", *PRECISIONS):
+        raise UserError(f"--precision {o['precision']}: expected auto, fp32 or bf16")
     zca = bool(o["zca"])
     if zca and not dataset.is_image:
         raise UserError(f"--zca needs an image dataset, '{dataset.name}' is not one")
@@ -186,6 +210,7 @@ def mtt_config(dataset: Dataset, ipc: int, opts: dict[str, Any]) -> MTTConfig:
         zca=zca,
         iterations=_int_option(o, "iterations", 0),
         memory_bounded=bool(o["memory_bounded"]),
+        precision=resolve_precision(o["precision"], device or torch.device("cpu")),
         checkpoint_every=_int_option(o, "checkpoint_every", 1),
         eval_epochs=_int_option(o, "eval_epochs", 1),
         eval_batch_size=_int_option(o, "eval_batch_size", 1),
@@ -300,6 +325,7 @@ def matching_step(
             augment=augment,
             memory_bounded=cfg.memory_bounded,
             buffers={k: begin[k] for k in student.buffer_names},
+            amp_dtype=PRECISIONS[cfg.precision],
         )
         num = sum(((final[k] - target[k]) ** 2).sum() for k in student.param_names)
         den = sum(((begin[k] - target[k]) ** 2).sum() for k in student.param_names)
@@ -345,7 +371,7 @@ def run_mtt(
     start = time.perf_counter()
     out = Path(out)
     require_ipc(dataset, ipc)
-    cfg = mtt_config(dataset, ipc, opts)
+    cfg = mtt_config(dataset, ipc, opts, device)
     root = Path(opts["experts"]) if opts.get("experts") else out.parent / "experts"
     students = _students(dataset, cfg, root, int(opts.get("workers") or 1), device)
     experts_wall = time.perf_counter() - start

@@ -47,6 +47,7 @@ MTT_DEFAULTS: dict[str, Any] = {
     "soft_labels": False,
     "init": "real",
     "memory_bounded": False,
+    "precision": "fp32",
     "checkpoint_every": 100,
     "arch_order": "round-robin",
     "momentum": 0.5,  # of the image / lr / label optimizers, as the reference

@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from nas_proxy.errors import UserError
-from nas_proxy.models.layers import ACTIVATIONS, activation
+from nas_proxy.models.layers import ACTIVATIONS, AvgPool2x2, activation
 from nas_proxy.models.registry import register_family
 from nas_proxy.models.spec import Option, format_value
 
@@ -96,7 +96,7 @@ class ConvNet(nn.Module):
                 activation(act),
             ]
             if pool != "none" and height >= 2 and width >= 2:
-                layers.append(nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2))
+                layers.append(AvgPool2x2() if pool == "avg" else nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
             channels = out
         self.features = nn.Sequential(*layers)
