@@ -35,8 +35,7 @@ def find_tcmalloc() -> str | None:
         for name in TCMALLOC_FILES:
             if (d / name).is_file():
                 return str(d / name)
-    name = ctypes.util.find_library("tcmalloc_minimal")  # ldconfig's cache, a bare file name
-    return name
+    return ctypes.util.find_library("tcmalloc_minimal")  # ldconfig's cache, a bare file name
 
 
 def preload_plan(environ: dict[str, str], platform: str = sys.platform) -> str | None:
