@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 import time
@@ -47,13 +46,14 @@ from nas_proxy.rank.baselines import ZERO_COST
 
 CONVNET_SPACE = {
     "depth": [1, 2, 3, 4],
-    "width": [16, 32, 64, 128],
+    "width": [16, 32, 48, 64],
     "norm": ["instance", "batch", "group", "none"],
     "act": ["relu", "gelu", "leakyrelu", "silu"],
     "pool": ["avg", "max"],
     "kernel": [3, 5],
 }
-# Small timm families at 28×28 (stride-1 stem): 4-60 MFLOPs per image, CPU-trainable.
+# Small timm models from six families at 28×28 (stride-1 stem), 55-145 s per Fashion-MNIST epoch
+# on one core of the benchmark machine (efficientnet_b0: 370 s, resnet10t: 700 s; left out).
 TIMM = [
     "timm:mobilenetv3_small_050",
     "timm:lcnet_050",
@@ -62,45 +62,103 @@ TIMM = [
     "timm:mobilenetv3_small_100",
     "timm:lcnet_075",
     "timm:regnetx_002",
-    "timm:efficientnet_b0",
+    "timm:ghostnet_050",
+]
+MLPS = [
+    "mlp:hidden=128,depth=1",
+    "mlp:hidden=512,depth=1,act=gelu",
+    "mlp:hidden=256,depth=2,norm=batch",
+    "mlp:hidden=1024,depth=2,act=silu",
+    "mlp:hidden=256,depth=3,act=leakyrelu,norm=layer",
+    "mlp:hidden=64,depth=2",
 ]
 METHODS = ("mtt", "dm", "dc", "random", "herding")
 
 
 def convnet_candidates(n: int, seed: int, widths: list[int] | None = None) -> list[str]:
-    """``n`` ConvNets whose knobs each take every allowed value about equally often
-    (``widths``: a slice of the width range, for machines where width 128 is out of reach)."""
+    """``n`` distinct ConvNets whose knobs each take every allowed value about equally often
+    (``widths``: a slice of the width range, for machines where wide nets are out of reach)."""
     rng = random.Random(seed)
     space = {**CONVNET_SPACE, **({"width": widths} if widths else {})}
-    columns = {}
-    for key, values in space.items():
-        col = (values * (n // len(values) + 1))[:n]
-        rng.shuffle(col)
-        columns[key] = col
-    specs = []
-    for i in range(n):
-        specs.append("convnet:" + ",".join(f"{k}={columns[k][i]}" for k in space))
-    return specs
+    columns = {k: (v * (n // len(v) + 1))[:n] for k, v in space.items()}
+    for _ in range(1000):  # reshuffle until no two rows coincide (a repeat ranks nothing)
+        for col in columns.values():
+            rng.shuffle(col)
+        specs = ["convnet:" + ",".join(f"{k}={columns[k][i]}" for k in space) for i in range(n)]
+        if len(set(specs)) == n:
+            return specs
+    raise SystemExit(f"--n-convnet {n}: cannot draw that many distinct ConvNets")
 
 
 def stage_candidates(args: argparse.Namespace) -> Path:
+    """candidates.yaml (in a seeded random order, so a partial ground truth covers every family)
+    and split.json (dev/test half of each candidate, stratified by family)."""
+    from nas_proxy.models import parse_spec
+    from nas_proxy.rank.metrics import dev_test_split
+
     path = args.out / "candidates.yaml"
     if path.exists():
         print(f"candidates: reusing {path}", file=sys.stderr)
         return path
-    if args.n_timm > len(TIMM):
-        sys.exit(f"--n-timm {args.n_timm}: at most {len(TIMM)}")
-    specs = convnet_candidates(args.n_convnet, args.seed, args.widths) + TIMM[: args.n_timm]
+    if args.n_timm > len(TIMM) or args.n_mlp > len(MLPS):
+        sys.exit(
+            f"--n-timm {args.n_timm} / --n-mlp {args.n_mlp}: at most {len(TIMM)} / {len(MLPS)}"
+        )
+    specs = convnet_candidates(args.n_convnet, args.seed, args.widths)
+    specs = [str(parse_spec(s)) for s in specs + TIMM[: args.n_timm] + MLPS[: args.n_mlp]]
+    random.Random(args.seed).shuffle(specs)
+    split = dev_test_split([parse_spec(s).family for s in specs], args.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"- {s}\n" for s in specs))
+    write_json(args.out / "split.json", dict(zip(specs, split, strict=True)))
     print(f"candidates: {len(specs)} written to {path}", file=sys.stderr)
     return path
 
 
-def _dataset(args: argparse.Namespace):
+def gt_recipe(args: argparse.Namespace) -> dict:
+    """The ground-truth recipe: cosine to zero, scored on val (and test) after every epoch, so
+    any shorter ground truth can be read from the same runs."""
+    return {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "schedule": "cosine",
+        "eval_every": 1,
+        "track_test": True,
+    }
+
+
+def stage_ground_truth(args: argparse.Namespace) -> Path:
+    """Train every candidate with every ground-truth seed; the committed tables are read first
+    (nothing in them is retrained) and rewritten after each finished run."""
+    from nas_proxy.rank.candidates import load_candidates_file
+    from nas_proxy.rank.compare import recipe_config
+    from nas_proxy.rank.ground_truth import full_scorer, make_jobs, run_jobs
+    from nas_proxy.runtime import resolve_device
+
+    import_tables(args)
+    data = _dataset(args)
+    specs = [c.arch for c in load_candidates_file(args.out / "candidates.yaml")]
+    seeds = range(args.seed, args.seed + args.seeds)
+    scorer = full_scorer(recipe_config(gt_recipe(args), "fashion-mnist"), seeds=seeds)
+    device = str(resolve_device(args.device))
+    jobs = make_jobs([scorer], specs, data_ref(args), data.checksum, args.out / "gt-cache", device)
+    _, counts = run_jobs(
+        jobs, workers=args.workers, desc="ground truth", on_record=lambda _r: export_tables(args)
+    )
+    export_tables(args)
+    print(f"ground truth: {counts} → {args.gt_table}", file=sys.stderr)
+    return args.gt_table
+
+
+def data_ref(args: argparse.Namespace):
     from nas_proxy.rank.ground_truth import DataRef
 
-    return DataRef("fashion-mnist", args.data_dir, train_limit=args.train_limit).load()
+    return DataRef("fashion-mnist", args.data_dir, train_limit=args.train_limit)
+
+
+def _dataset(args: argparse.Namespace):
+    return data_ref(args).load()
 
 
 def method_opts(method: str, args: argparse.Namespace) -> dict:
@@ -165,14 +223,50 @@ def stage_distill(args: argparse.Namespace) -> dict[str, float]:
     return costs
 
 
+def import_tables(args: argparse.Namespace) -> None:
+    """Seed the run's cache from the committed tables: nothing in them is trained again."""
+    from nas_proxy.rank.table import import_records
+
+    for table in (args.gt_table, args.proxy_table):
+        if table.exists():
+            added = import_records(table, args.out / "gt-cache")
+            print(f"{table.name}: {added} runs imported", file=sys.stderr)
+
+
+def export_tables(args: argparse.Namespace) -> None:
+    """Rewrite the committed tables from the cache: the ground truth (full-data runs with the
+    ground-truth recipe) and every other score (proxies, short training, zero-cost)."""
+    from nas_proxy.rank.table import cached_records, write_records_csv
+
+    records = cached_records(args.out / "gt-cache")
+    is_gt = [r["kind"] == "full" and r["scorer"] == "full" for r in records]
+    write_records_csv(args.gt_table, [r for r, gt in zip(records, is_gt, strict=True) if gt])
+    write_records_csv(args.proxy_table, [r for r, gt in zip(records, is_gt, strict=True) if not gt])
+
+
+def subsets(args: argparse.Namespace) -> dict[str, list[bool]]:
+    """The held-out test half (the headline), the dev half (where settings are chosen) and the
+    ConvNets alone (ρ inside one family, which family gaps cannot inflate)."""
+    from nas_proxy.rank.candidates import load_candidates_file
+
+    split = read_json(args.out / "split.json")
+    cands = load_candidates_file(args.out / "candidates.yaml")
+    return {
+        "test half": [split[c.arch] == "test" for c in cands],
+        "dev half": [split[c.arch] == "dev" for c in cands],
+        "ConvNets only": [c.family == "convnet" for c in cands],
+    }
+
+
 def stage_rank(args: argparse.Namespace, costs: dict[str, float]) -> dict:
     from nas_proxy.rank.compare import rank
 
+    import_tables(args)
     proxies = [args.proxy_dir.get(m, str(args.out / "proxies" / m)) for m in args.methods]
-    return rank(
+    summary = rank(
         out=args.out / "rank",
         candidates_file=args.out / "candidates.yaml",
-        recipe={"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
+        recipe=gt_recipe(args),
         dataset="fashion-mnist",
         data_dir=args.data_dir,
         train_limit=args.train_limit,
@@ -183,6 +277,9 @@ def stage_rank(args: argparse.Namespace, costs: dict[str, float]) -> dict:
         ceiling_seeds=args.seeds,
         avoid_seeds=(),
         short_epochs=args.short_epochs,
+        short_steps=args.short_steps,
+        short_match=bool(proxies),
+        subsets=subsets(args),
         zero_cost=args.zero_cost,
         workers=args.workers,
         device=args.device,
@@ -190,30 +287,41 @@ def stage_rank(args: argparse.Namespace, costs: dict[str, float]) -> dict:
         n_boot=args.bootstrap,
         proxy_overrides={"epochs": args.proxy_epochs},
         proxy_build_s=costs,
+        on_record=lambda _r: export_tables(args),
     )
+    export_tables(args)
+    return summary
 
 
 def results_markdown(summary: dict, args: argparse.Namespace, wall_s: float) -> str:
-    """The table for benchmarks/RESULTS.md, with machine, settings and date."""
-    from nas_proxy.rank.report import HEADERS, headline_rows
+    """The tables for benchmarks/RESULTS.md (test half first), with machine, settings, date."""
+    from nas_proxy.rank.report import headline_headers, headline_rows, trust_rows
+    from nas_proxy.runtime import cpu_info
 
-    rows = headline_rows(summary)
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    c = summary["ceiling"]
+    def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+    blocks = [*summary["subsets"].items(), ("all candidates", summary)]
+    cpu = cpu_info()
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    return "\n".join(
-        [
-            f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-            f"{_cores()} cores; date {time.strftime('%Y-%m-%d')}; wall {wall_s / 60:.1f} min "
-            f"(trained {summary['trained']}, reused {summary['reused']}).",
-            f"Candidates: {summary['n']}; ρ over all of them, ρ top-N over the best "
-            f"{summary['top_n']} by full score; ceiling {c['value']} (CI {c['ci']}).",
-            f"Settings: `{json.dumps(settings, sort_keys=True)}`",
+    lines = [
+        f"Machine: {cpu['model']} ({cpu['flags'] or 'no AVX2'}), {cpu['cores']} cores; "
+        f"date {time.strftime('%Y-%m-%d')}; wall {wall_s / 60:.1f} min "
+        f"(trained {summary['trained']}, reused {summary['reused']}).",
+        f"Settings: `{json.dumps(settings, sort_keys=True)}`",
+        "",
+    ]
+    for name, block in blocks:
+        c = block["ceiling"]
+        lines += [
+            f"**{name}** ({block['n']} candidates; ρ top-N over the best {block['top_n']}; "
+            f"ceiling {c['value']} (CI {c['ci']})):",
             "",
-            *lines,
+            *table(headline_headers(summary), headline_rows(summary, block)),
+            *table(["budget per candidate", "trust", "ρ [95% CI]", "lead"], trust_rows(block)),
         ]
-    )
+    return "\n".join(lines)
 
 
 def _cores() -> int:
@@ -227,7 +335,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench-rank-fmnist"))
-    p.add_argument("--stage", choices=["all", "candidates", "distill", "rank"], default="all")
+    p.add_argument(
+        "--stage", choices=["all", "candidates", "ground-truth", "distill", "rank"], default="all"
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -240,8 +350,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "then not full-data training)",
     )
     # candidates
-    p.add_argument("--n-convnet", type=int, default=24)
-    p.add_argument("--n-timm", type=int, default=6)
+    p.add_argument("--n-convnet", type=int, default=30)
+    p.add_argument("--n-timm", type=int, default=len(TIMM))
+    p.add_argument("--n-mlp", type=int, default=len(MLPS))
     p.add_argument(
         "--widths",
         default=None,
@@ -249,7 +360,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ConvNet widths to draw from, comma-separated [the whole space: 16,32,64,128]",
     )
     # ground truth
-    p.add_argument("--epochs", type=int, default=10, help="full-data training epochs")
+    p.add_argument("--epochs", type=int, default=8, help="full-data training epochs")
+    p.add_argument(
+        "--gt-table",
+        type=Path,
+        default=Path(__file__).parent / "data" / "fmnist_ground_truth.csv",
+        help="the ground-truth table: runs in it are reused, new runs are added to it",
+    )
+    p.add_argument(
+        "--proxy-table",
+        type=Path,
+        default=Path(__file__).parent / "data" / "fmnist_proxy_scores.csv",
+        help="every other score (proxies, short training, zero-cost), reused the same way",
+    )
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seeds", type=int, default=2, help="ground-truth seeds (noise ceiling)")
@@ -294,7 +417,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="epochs candidates train on each proxy [the proxy's recipe]",
     )
-    p.add_argument("--short-epochs", type=int, default=1)
+    p.add_argument("--short-epochs", type=int, default=None)
+    p.add_argument(
+        "--short-steps",
+        default="25,50,100,200,422,844",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        help="short full-data training budgets in optimizer steps (422 = one epoch at batch "
+        "128), comma-separated: the cost sweep of the cheapest rival",
+    )
     p.add_argument(
         "--zero-cost",
         default=",".join(ZERO_COST),
@@ -317,8 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.stage in ("all", "candidates"):
+    if args.stage in ("all", "candidates", "ground-truth"):
         stage_candidates(args)
+    if args.stage in ("all", "ground-truth"):
+        stage_ground_truth(args)
+        if args.stage == "ground-truth":
+            return 0
     costs = stage_distill(args) if args.stage in ("all", "distill", "rank") else {}
     if args.stage in ("all", "rank"):
         summary = stage_rank(args, costs)

@@ -169,7 +169,7 @@ def parse_strategy(strategy: str | None) -> tuple[str, ...]:
 
 
 def dsa_strategy_for(dataset_name: str) -> str:
-    """Default DSA strategy for a dataset name (as in DESIGN.md: 'digits', 'cifar10', ...)."""
+    """Default DSA strategy for a dataset name ('digits', 'cifar10', ...)."""
     base = dataset_name.split(":", 1)[0].strip().lower()
     if base in _NON_IMAGE_DATASETS:
         return NO_AUGMENT

@@ -1,6 +1,6 @@
 """Expert trajectories: networks trained on the real data, their weights at every epoch boundary.
 
-Layout of a cache folder ``DIR/<key>/`` (DESIGN.md section 4)::
+Layout of a cache folder ``DIR/<key>/`` (docs/architecture.md, "File formats")::
 
     manifest.json                       settings (the key's inputs), per-expert finished epochs,
                                         per-epoch val accuracy, seeds, versions
@@ -37,7 +37,7 @@ from nas_proxy.augment import ZCA, dsa_strategy_for, parse_strategy
 from nas_proxy.data import Dataset
 from nas_proxy.errors import UserError
 from nas_proxy.io import load_tensors, read_json, save_tensors, stable_hash, write_json
-from nas_proxy.runtime import progress, resolve_device, versions
+from nas_proxy.runtime import init_worker_process, progress, resolve_device, versions
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -325,11 +325,6 @@ def train_expert(
         return epochs - done
 
 
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-    os.environ["NAS_PROXY_NO_PROGRESS"] = "1"  # one bar (the parent's), not W interleaved ones
-
-
 def _worker_job(args: tuple) -> int:
     dataset, spec, settings, key_dir, expert, epochs, device = args
     return train_expert(
@@ -410,7 +405,7 @@ def _train_parallel(
         for i in todo
     ]
     with mp.get_context("spawn").Pool(
-        workers, initializer=_worker_init, initargs=(threads,)
+        workers, initializer=init_worker_process, initargs=(threads,)
     ) as pool:
         for _ in pool.imap_unordered(_worker_job, jobs):
             bar.update()

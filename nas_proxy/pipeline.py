@@ -21,10 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import nas_proxy
-from nas_proxy.errors import UserError
-
 PIPELINE_JSON = "pipeline.json"
+DEFAULT_SPACE = "convnet"  # a shipped space (nas_proxy/search_spaces/), found when installed
 
 # Quick budgets (digits on 2 CPU cores). None leaves the stage's own default for the dataset.
 QUICK: dict[str, Any] = {
@@ -41,15 +39,6 @@ QUICK: dict[str, Any] = {
     "rank_epochs": 10,
     "ceiling_seeds": 2,
 }
-
-
-def default_space(name: str = "convnet.yaml") -> Path:
-    """``search_spaces/NAME`` in the working directory, else the one shipped beside the code."""
-    for root in (Path.cwd(), Path(nas_proxy.__file__).resolve().parent.parent):
-        path = root / "search_spaces" / name
-        if path.is_file():
-            return path
-    raise UserError(f"search space {name} not found under ./search_spaces; pass --space FILE")
 
 
 def run_pipeline(
@@ -123,6 +112,8 @@ def run_pipeline(
                 "top_k": top_k,
                 "ceiling_seeds": ceiling_seeds,
                 "short_epochs": short_epochs,
+                # Short real training at the proxy's compute: the rival the proxy must beat.
+                "short_match": True,
                 "zero_cost": zero_cost,
                 "workers": workers,
             },
@@ -174,8 +165,9 @@ def _stages(
     from nas_proxy.rank.baselines import ZERO_COST
     from nas_proxy.rank.compare import rank
     from nas_proxy.search import run_search
+    from nas_proxy.search.space import resolve_space
 
-    space = Path(space) if space else default_space()
+    space = resolve_space(space or DEFAULT_SPACE)
     data = load_dataset(dataset, data_dir=data_dir, download=download)
     stages: dict[str, Any] = {}
 

@@ -43,13 +43,36 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+NO_PROGRESS_ENV = "NAS_PROXY_NO_PROGRESS"
+
+
 def progress(iterable=None, **kwargs: Any) -> tqdm:
-    """A tqdm bar on stderr that hides itself when stderr is not a terminal."""
-    kwargs.setdefault("disable", None if not os.environ.get("NAS_PROXY_NO_PROGRESS") else True)
+    """A tqdm bar on stderr: shown on a terminal and in a Jupyter kernel (tqdm.auto draws a
+    widget there), hidden elsewhere (logs, pipes) and whenever $NAS_PROXY_NO_PROGRESS is set."""
+    if os.environ.get(NO_PROGRESS_ENV):
+        kwargs.setdefault("disable", True)
+    else:
+        # None: tqdm hides the bar when the stream is not a terminal. A kernel's stderr is not
+        # one, yet the notebook shows the bar, so there it is always on.
+        kwargs.setdefault("disable", False if in_notebook() else None)
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     return tqdm(iterable, **kwargs)
+
+
+def hide_progress() -> None:
+    """Hide every progress bar of this process and of the processes it starts (the
+    ``--no-progress`` flag): the environment variable is what worker processes inherit."""
+    os.environ[NO_PROGRESS_ENV] = "1"
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (the test tqdm.auto makes to pick its widget)."""
+    if "ipykernel.zmqshell" not in sys.modules:
+        return False
+    shell = sys.modules["IPython"].get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 def versions() -> dict[str, str]:
@@ -70,6 +93,57 @@ def versions() -> dict[str, str]:
     out["cuda"] = torch.version.cuda or "none"
     out["allocator"] = allocator()
     return out
+
+
+# The CPU features that decide training speed here: wide vectors, and native bf16 (without it
+# bf16 is emulated and slower than fp32).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, speed-relevant flags and cores available to this process (every timing is
+    recorded with it: machines of the same kind differ in AVX512-BF16)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's block
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "model": model,
+        "flags": " ".join(f for f in CPU_FLAGS if f in flags),
+        "cores": cores,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def die_with_parent() -> None:
+    """Make this (worker) process receive SIGTERM when its parent dies (Linux; elsewhere a
+    no-op). Pool workers otherwise outlive a killed run and keep training, unseen."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def init_worker_process(threads: int) -> None:
+    """What every pool worker does first: die with its parent, take its share of the cores,
+    and leave the progress bar to the parent (one bar, not W interleaved ones)."""
+    die_with_parent()
+    torch.set_num_threads(threads)
+    os.environ["NAS_PROXY_NO_PROGRESS"] = "1"
 
 
 def allocator() -> str:

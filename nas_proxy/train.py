@@ -58,6 +58,12 @@ class TrainConfig:
     recalibrate_batches: int = 8
     eval_every: int = 1  # evaluate on val every N epochs (0: only at the end)
     eval_batch_size: int = 1024
+    # Stop after this many optimizer steps (the schedule then spans them, not ``epochs``): a
+    # budget in steps lets short real training match another proxy's cost exactly.
+    max_steps: int | None = None
+    # Also score the test split at every evaluation, so one long run holds every shorter ground
+    # truth (benchmarks); test scores are recorded, never used to rank.
+    track_test: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,6 +80,25 @@ class TrainConfig:
                 f"need epochs >= 0, batch size >= 1 and lr > 0 (got epochs={self.epochs}, "
                 f"batch_size={self.batch_size}, lr={self.lr})"
             )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"max_steps {self.max_steps}: need at least 1")
+
+    def total_steps(self, n: int) -> int:
+        """Optimizer steps of the run over ``n`` samples."""
+        return self.max_steps or self.epochs * math.ceil(n / self.batch_size)
+
+    def samples_seen(self, n: int) -> int:
+        """Sample-gradients of the run over ``n`` samples: its training compute in units of one
+        sample's forward and backward pass (what matched-cost short training matches)."""
+        per_epoch = math.ceil(n / self.batch_size)
+        steps = self.total_steps(n)
+        return (steps // per_epoch) * n + (steps % per_epoch) * self.batch_size
+
+    def epochs_for(self, n: int) -> int:
+        """Epochs the run takes over ``n`` samples (``max_steps`` may end it inside one)."""
+        if self.max_steps is None:
+            return self.epochs
+        return math.ceil(self.max_steps / math.ceil(n / self.batch_size))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,7 +254,8 @@ def train_model(
     augment = make_augment(cfg.augment, seed=cfg.seed + 1, device=device) if x.dim() == 4 else None
     shuffle = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
+    epochs = cfg.epochs_for(n)
+    total_steps = cfg.total_steps(n)
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume_state is not None:
@@ -247,16 +273,19 @@ def train_model(
     step, train_loss = start_epoch * steps_per_epoch, float("nan")
     model.train()
     bar = progress(
-        range(start_epoch + 1, cfg.epochs + 1),
+        range(start_epoch + 1, epochs + 1),
         desc=desc or "train",
         unit="ep",
         initial=start_epoch,
-        total=cfg.epochs,
+        total=epochs,
     )
+    train_s = 0.0  # training time alone, without evaluations: what a shorter run would cost
     for epoch in bar:
+        epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=shuffle).to(device)
         loss_sum = torch.zeros((), device=device)
-        for b in range(steps_per_epoch):
+        seen = 0
+        for b in range(min(steps_per_epoch, total_steps - step)):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             xb, yb = x[idx], y[idx]
             if augment is not None:
@@ -268,14 +297,18 @@ def train_model(
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
+            seen += len(idx)
             step += 1
-        train_loss = float(loss_sum) / n
+        train_loss = float(loss_sum) / max(seen, 1)
+        train_s += time.perf_counter() - epoch_start
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss is {train_loss} at epoch {epoch}")
-        metrics = {"epoch": epoch, "train_loss": train_loss}
-        last = epoch == cfg.epochs
+        metrics = {"epoch": epoch, "train_loss": train_loss, "steps": step, "train_s": train_s}
+        last = epoch == epochs
         if val is not None and ((cfg.eval_every and epoch % cfg.eval_every == 0) or last):
             metrics["val_accuracy"], metrics["val_loss"] = score(val)
+            if cfg.track_test and test is not None:
+                metrics["test_accuracy"], metrics["test_loss"] = score(test)
             model.train()
             if metrics["val_accuracy"] is not None:
                 bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{metrics['val_accuracy']:.3f}")
@@ -291,14 +324,17 @@ def train_model(
         val_acc, val_loss = final["val_accuracy"], final["val_loss"]
     else:
         val_acc, val_loss = score(val)
-    test_acc, test_loss = score(test)
+    if "test_accuracy" in final:
+        test_acc, test_loss = final["test_accuracy"], final["test_loss"]
+    else:
+        test_acc, test_loss = score(test)
     return TrainResult(
         train_loss=train_loss,
         val_accuracy=val_acc,
         val_loss=val_loss,
         test_accuracy=test_acc,
         test_loss=test_loss,
-        epochs=cfg.epochs,
+        epochs=epochs,
         steps=step,
         wall_s=time.perf_counter() - start,
         params=0,

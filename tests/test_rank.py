@@ -124,7 +124,8 @@ def test_rank_json_keys_and_proxies_side_by_side(digits_run):
         assert key in s
     assert s["n"] == len(CANDIDATES)
     names = [p["name"] for p in s["proxies"]]
-    assert names == ["random", "short-1ep", *baselines.ZERO_COST]
+    # Matched-cost short training is on by default: the rival the proxy must beat.
+    assert names == ["random", "short-1ep", "short=random", *baselines.ZERO_COST]
     assert s["main_proxy"] == "random"
     for p in s["proxies"]:
         for key in PROXY_KEYS:
@@ -134,7 +135,7 @@ def test_rank_json_keys_and_proxies_side_by_side(digits_run):
     assert s["ceiling"]["seeds"] == 2 and s["full"]["seeds"] == [0, 1]
     # Never a NaN anywhere in the report object.
     json.dumps(s, allow_nan=False)
-    assert s["trained"] == len(CANDIDATES) * (2 + 1 + 1 + len(baselines.ZERO_COST))
+    assert s["trained"] == len(CANDIDATES) * (2 + 1 + 1 + 1 + len(baselines.ZERO_COST))
     assert "report:" in digits_run["stderr"]  # the human headline goes to stderr with --json
 
 

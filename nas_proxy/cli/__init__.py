@@ -11,6 +11,7 @@ from nas_proxy.cli import data_cmd as _data_cmd  # noqa: E402,F401
 from nas_proxy.cli import distill_cmd as _distill_cmd  # noqa: E402,F401
 from nas_proxy.cli import evaluate_cmd as _evaluate_cmd  # noqa: E402,F401
 from nas_proxy.cli import experts_cmd as _experts_cmd  # noqa: E402,F401
+from nas_proxy.cli import export_cmd as _export_cmd  # noqa: E402,F401
 from nas_proxy.cli import pipeline_cmd as _pipeline_cmd  # noqa: E402,F401
 from nas_proxy.cli import rank_cmd as _rank_cmd  # noqa: E402,F401
 from nas_proxy.cli import search_cmd as _search_cmd  # noqa: E402,F401

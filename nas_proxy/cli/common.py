@@ -1,6 +1,7 @@
 """Shared CLI machinery: option decorators, YAML config defaults, JSON output, exit codes.
 
-Contract (DESIGN.md section 3): ``--config FILE.yaml`` whose keys are long flag names (the
+Contract (docs/architecture.md):
+``--config FILE.yaml`` whose keys are long flag names (the
 command line wins), ``--json`` prints one JSON object on stdout while human text and progress
 go to stderr, exit 0 on success, 2 on a user error (one line, no traceback), 1 on an internal
 failure.
@@ -21,13 +22,20 @@ import torch
 import yaml
 
 from nas_proxy.errors import UserError
-from nas_proxy.runtime import allocator
+from nas_proxy.runtime import allocator, hide_progress
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(
     package_name="nas-proxy",
     message=f"%(prog)s %(version)s (torch {torch.__version__}, allocator {allocator()})",
+)
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    expose_value=False,
+    callback=lambda ctx, param, value: hide_progress() if value else None,
+    help="Hide progress bars, as NAS_PROXY_NO_PROGRESS=1 does (before the command name).",
 )
 def main() -> None:
     """nas-proxy: distill a tiny proxy of a dataset, search architectures on it, and measure
@@ -76,27 +84,56 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     """Eager callback: a YAML file of long flag names becomes the command's defaults."""
     if not value:
         return value
-    path = Path(value)
+    data = _read_config(value)
+    names = _config_names(ctx.command)
+    defaults: dict[str, Any] = {}
+    for key, val in data.items():
+        option = names.get(str(key).lstrip("-"))
+        if option is None:
+            allowed = ", ".join(sorted(k for k, p in names.items() if _long_flag(p) == k))
+            raise UserError(f"--config {value}: unknown key '{key}' (allowed: {allowed})")
+        if getattr(option, "multiple", False) and not isinstance(val, list):
+            val = [val]
+        defaults[option.name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _read_config(value: str) -> dict[Any, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = Path(value).read_bytes().decode("utf-8")
+        data = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise UserError(f"--config {value}: file not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--config {value}: not UTF-8 text") from None
+    except OSError as e:
+        raise UserError(f"--config {value}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise UserError(f"--config {value}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"--config {value}: expected a mapping of flag names to values")
-    known = {p.name: p for p in ctx.command.params if p.name}
-    defaults: dict[str, Any] = {}
-    for key, val in data.items():
-        name = str(key).lstrip("-").replace("-", "_")
-        if name not in known or name == "config":
-            allowed = ", ".join(sorted(n.replace("_", "-") for n in known if n != "config"))
-            raise UserError(f"--config {value}: unknown key '{key}' (allowed: {allowed})")
-        if getattr(known[name], "multiple", False) and not isinstance(val, list):
-            val = [val]
-        defaults[name] = val
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    return value
+    return data
+
+
+def _long_flag(option: click.Parameter) -> str:
+    """The option's first long flag without dashes (``--proxy`` -> ``proxy``)."""
+    flags = [o for o in option.opts if o.startswith("--")]
+    return (flags[0] if flags else option.opts[0]).lstrip("-")
+
+
+def _config_names(command: click.Command) -> dict[str, click.Parameter]:
+    """Config keys -> options: every long flag name (what README.md documents), and the
+    parameter names (``proxy-dir``) that earlier versions accepted."""
+    names: dict[str, click.Parameter] = {}
+    for p in command.params:
+        if not isinstance(p, click.Option) or p.name in (None, "config"):
+            continue
+        names[p.name.replace("_", "-")] = p
+        for flag in p.opts:
+            if flag.startswith("--"):
+                names[flag[2:]] = p
+    return names
 
 
 def config_option(f: Callable) -> Callable:
@@ -107,6 +144,17 @@ def config_option(f: Callable) -> Callable:
         expose_value=False,
         callback=_load_config,
         help="YAML file whose keys are long flag names; flags win.",
+    )(f)
+
+
+def proxy_option(f: Callable) -> Callable:
+    """``--proxy DIR`` (one proxy folder, passed as ``proxy_dir``)."""
+    return click.option(
+        "--proxy",
+        "proxy_dir",
+        required=True,
+        type=click.Path(),
+        help="Proxy folder made by `nas-proxy distill`.",
     )(f)
 
 

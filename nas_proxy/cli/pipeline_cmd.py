@@ -21,7 +21,7 @@ from nas_proxy.pipeline import QUICK
     "--space",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Search space file [default: search_spaces/convnet.yaml].",
+    help="Search-space file or shipped space name [default: convnet].",
 )
 @click.option(
     "--ipc",

@@ -25,10 +25,10 @@ RECIPE_FLAGS = (
 
 def headline(summary: dict) -> str:
     """The report's headline table as plain text, and where the report is."""
-    from nas_proxy.rank.report import HEADERS, headline_rows
+    from nas_proxy.rank.report import headline_headers, headline_rows
 
-    rows = [list(HEADERS), *headline_rows(summary)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+    rows = [headline_headers(summary), *headline_rows(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join([*lines, f"report: {summary['report']}"])
 
@@ -94,6 +94,27 @@ def headline(summary: dict) -> str:
     help="Add short full-data training of this many epochs as a proxy.",
 )
 @click.option(
+    "--short-steps",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="Add short full-data training of this many optimizer steps (repeat for a cost "
+    "sweep); its cosine schedule ends within the budget.",
+)
+@click.option(
+    "--short-match/--no-short-match",
+    default=True,
+    show_default=True,
+    help="Add, for each --proxy, short full-data training with the same training compute "
+    "(sample-gradients) per candidate: the rival a proxy must beat to be worth building.",
+)
+@click.option(
+    "--project-to",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Also report costs with each proxy's build shared by this many candidates.",
+)
+@click.option(
     "--zero-cost",
     default=ZERO_COST_DEFAULT,
     show_default=True,
@@ -146,6 +167,9 @@ def rank_command(
     top_n,
     ceiling_seeds,
     short_epochs,
+    short_steps,
+    short_match,
+    project_to,
     zero_cost,
     proxy_epochs,
     proxy_lr,
@@ -185,6 +209,9 @@ def rank_command(
         top_n=top_n,
         ceiling_seeds=ceiling_seeds,
         short_epochs=short_epochs,
+        short_steps=list(short_steps),
+        short_match=short_match and bool(proxies),
+        project_to=project_to,
         zero_cost=parse_zero_cost(zero_cost),
         workers=workers,
         device=device,

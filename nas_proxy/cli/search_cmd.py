@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nas_proxy.cli.common import common_options, emit, main
+from nas_proxy.cli.common import common_options, emit, main, proxy_option
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -12,19 +12,14 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 @main.command("search")
-@click.option(
-    "--proxy",
-    "proxy_dir",
-    required=True,
-    type=click.Path(),
-    help="Proxy folder made by `nas-proxy distill`.",
-)
+@proxy_option
 @click.option(
     "--space",
     "space_path",
     required=True,
     type=click.Path(),
-    help="Search-space YAML (search_spaces/README.md describes the format).",
+    help="Search-space YAML, or the name of a shipped space (convnet, mlp, timm_small, "
+    "mixed); nas_proxy/search_spaces/README.md describes the format.",
 )
 @click.option(
     "--out",
@@ -147,7 +142,9 @@ def search_command(
     from nas_proxy.errors import UserError
     from nas_proxy.search import dry_run as sample_specs
     from nas_proxy.search import run_search
+    from nas_proxy.search.space import resolve_space
 
+    space_path = resolve_space(space_path)  # a file path for the workers, whatever the cwd
     if dry_run:
         result = sample_specs(proxy_dir, space_path, trials, seed=seed)
         lines = [

@@ -61,3 +61,19 @@ def distill(
     return METHODS[method](
         dataset, ipc, Path(out), dict(opts), seed=seed, device=resolve_device(device)
     )
+
+
+# The export API (a proxy as an image folder or a torch Dataset) is loaded on first use, like
+# the methods, so that importing this package stays cheap.
+_LAZY = {
+    "ProxyDataset": "nas_proxy.distill.export",
+    "export_proxy": "nas_proxy.distill.export",
+    "load_proxy": "nas_proxy.distill.proxy",
+}
+__all__ = ["METHODS", "distill", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nas_proxy.distill' has no attribute {name!r}")

@@ -82,7 +82,8 @@ def save_image_grid(
     title: str | None = None,
     max_per_class: int = 10,
 ) -> Path:
-    """A PNG grid: one row per class, images de-normalized for viewing."""
+    """A PNG grid: one row per class, images de-normalized for viewing; at most
+    ``max_per_class`` per row, and the title says so when a class has more."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +91,12 @@ def save_image_grid(
 
     hard = labels if labels.dtype == torch.long else labels.argmax(1)
     num_classes = int(hard.max()) + 1 if len(hard) else 0
+    counts = [int((hard == c).sum()) for c in range(num_classes)]
     rows = [images[hard == c][:max_per_class] for c in range(num_classes)]
+    if max(counts, default=0) > max_per_class:
+        most = f"{max(counts)}" if min(counts) == max(counts) else f"up to {max(counts)}"
+        shown = f"showing the first {max_per_class} of {most} images per class"
+        title = f"{title}\n{shown}" if title else shown
     cols = max((len(r) for r in rows), default=1)
     fig, axes = plt.subplots(
         num_classes, cols, figsize=(cols * 0.8 + 1, num_classes * 0.8 + 0.6), squeeze=False

@@ -1,4 +1,4 @@
-"""The proxy file format (DESIGN.md section 4) and training candidates on a proxy.
+"""The proxy file format (docs/architecture.md, "File formats") and training candidates on a proxy.
 
 ``DIR/proxy.safetensors`` holds ``images`` (float32 N×C×H×W, normalized space), ``labels``
 (int64 N, or float32 N×classes soft labels), ``lr`` (scalar, when learned) and ``zca.*`` (when
@@ -9,6 +9,7 @@ recipe candidates should use, and the SHA-256 of the tensors file. Loading never
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -74,7 +75,8 @@ class Proxy:
         # Scoring real val data costs far more than an epoch on a few hundred images: evaluate
         # about ten times per run (enough for pruning) unless asked otherwise.
         recipe.setdefault("eval_every", max(1, int(recipe.get("epochs", 1)) // 10))
-        fields = TrainConfig.__dataclass_fields__
+        # The seed is the candidate's, never the recipe's (a recipe may record the one it had).
+        fields = set(TrainConfig.__dataclass_fields__) - {"seed"}
         return TrainConfig(**{k: v for k, v in recipe.items() if k in fields}, seed=seed)
 
 
@@ -156,12 +158,13 @@ def load_proxy(path: str | Path) -> Proxy:
         if key not in tensors:
             raise UserError(f"{tensors_path}: missing tensor '{key}'")
     images, labels = tensors["images"], tensors["labels"]
-    if len(images) != len(labels):
-        raise UserError(f"{tensors_path}: {len(images)} images but {len(labels)} labels")
+    num_classes = _check_meta(meta, meta_path)
+    _check_images(images, meta, tensors_path)
+    _check_labels(labels, len(images), num_classes, tensors_path)
     zca_state = {k[4:]: v for k, v in tensors.items() if k.startswith("zca.")}
-    lr = float(tensors["lr"]) if "lr" in tensors else None
+    lr = _learned_lr(tensors, tensors_path)
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
-    return Proxy(
+    proxy = Proxy(
         images=images.float(),
         labels=labels,
         meta=meta,
@@ -170,9 +173,108 @@ def load_proxy(path: str | Path) -> Proxy:
         path=root,
         extra=extra,
     )
+    _check_recipe(proxy.recipe, meta_path)
+    return proxy
+
+
+# Recipe entries that must be numbers, with the least value each may take ("int" entries must
+# be whole numbers). A proxy is validated once, when loaded: a bad value would otherwise fail
+# every candidate trained on it, one by one.
+_RECIPE_NUMBERS: dict[str, tuple[str, float, bool]] = {  # key: (kind, least, least allowed)
+    "epochs": ("int", 1, True),
+    "batch_size": ("int", 1, True),
+    "lr": ("float", 0.0, False),
+    "momentum": ("float", 0.0, True),
+    "weight_decay": ("float", 0.0, True),
+    "label_smoothing": ("float", 0.0, True),
+    "eval_every": ("int", 0, True),
+    "recalibrate_batches": ("int", 0, True),
+    "eval_batch_size": ("int", 1, True),
+}
+
+
+def _check_meta(meta: dict[str, Any], where: Path) -> int:
+    """The proxy's number of classes (1 for a regression target), checked."""
+    n = meta.get("num_classes")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"{where}: num_classes must be a whole number >= 1 (got {n!r})")
+    if not isinstance(meta.get("dataset"), str):
+        raise UserError(f"{where}: 'dataset' must name the dataset the proxy was made from")
+    return n
+
+
+def _check_images(images: torch.Tensor, meta: dict[str, Any], where: Path) -> None:
+    if not images.is_floating_point() or images.dim() < 2:
+        raise UserError(
+            f"{where}: images must be a float tensor of N samples (got {images.dtype} "
+            f"{list(images.shape)})"
+        )
+    if len(images) == 0:
+        raise UserError(f"{where}: the proxy holds no images")
+    if not torch.isfinite(images).all():
+        raise UserError(f"{where}: images hold NaN or infinite values")
+    shape = meta.get("shape")
+    if shape is not None and list(shape) != list(images.shape[1:]):
+        raise UserError(
+            f"{where}: images have shape {list(images.shape[1:])}, {META_FILE} says {shape}"
+        )
+
+
+def _check_labels(labels: torch.Tensor, n: int, num_classes: int, where: Path) -> None:
+    """Hard labels (int, 0 <= y < num_classes), soft labels (float N x num_classes) or, for a
+    one-output task, float regression targets (N)."""
+    if len(labels) != n:
+        raise UserError(f"{where}: {n} images but {len(labels)} labels")
+    if labels.is_floating_point():
+        soft = labels.dim() == 2 and labels.shape[1] == num_classes
+        if not (soft or (labels.dim() == 1 and num_classes == 1)):
+            raise UserError(
+                f"{where}: float labels must be soft labels of shape [N, {num_classes}] "
+                f"(got {list(labels.shape)}); class labels must be integers"
+            )
+        if not torch.isfinite(labels).all():
+            raise UserError(f"{where}: labels hold NaN or infinite values")
+        return
+    if labels.dtype == torch.bool or labels.dim() != 1:
+        raise UserError(
+            f"{where}: labels must be N integers (got {labels.dtype} {list(labels.shape)})"
+        )
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise UserError(f"{where}: labels must lie in 0..{num_classes - 1} (found {low}..{high})")
+
+
+def _learned_lr(tensors: dict[str, torch.Tensor], where: Path) -> float | None:
+    if "lr" not in tensors:
+        return None
+    lr = tensors["lr"]
+    if lr.numel() != 1 or not lr.is_floating_point() or not (0 < float(lr) < float("inf")):
+        raise UserError(f"{where}: 'lr' must be one finite number > 0 (got {lr.tolist()})")
+    return float(lr)
+
+
+def _check_recipe(recipe: dict[str, Any], where: Path) -> None:
+    for key, (kind, least, inclusive) in _RECIPE_NUMBERS.items():
+        value = recipe.get(key)
+        if value is None and key not in ("epochs", "lr", "batch_size"):
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        whole = number and (kind == "float" or float(value).is_integer())
+        if not (
+            whole and math.isfinite(value) and (value >= least if inclusive else value > least)
+        ):
+            bound = f">= {least:g}" if inclusive else f"> {least:g}"
+            what = "a whole number" if kind == "int" else "a number"
+            raise UserError(f"{where}: recipe {key} must be {what} {bound} (got {value!r})")
+    try:
+        Proxy(torch.zeros(1, 1), torch.zeros(1), {"recipe": recipe}).train_config()
+    except (TypeError, ValueError, UserError) as e:
+        raise UserError(f"{where}: recipe is not valid ({e})") from None
 
 
 def check_compatible(proxy: Proxy, dataset: Dataset) -> None:
+    """The proxy was made from ``dataset``: same name, sample shape, classes and normalisation
+    (UserError otherwise: candidates trained on it would be scored on other data)."""
     if proxy.meta.get("dataset") != dataset.name:
         raise UserError(
             f"proxy {proxy.path} was distilled from '{proxy.meta.get('dataset')}', "
@@ -183,6 +285,31 @@ def check_compatible(proxy: Proxy, dataset: Dataset) -> None:
             f"proxy {proxy.path} images have shape {list(proxy.images.shape[1:])}, "
             f"dataset '{dataset.name}' has {list(dataset.shape)}"
         )
+    if proxy.num_classes != dataset.num_classes:
+        raise UserError(
+            f"proxy {proxy.path} has {proxy.num_classes} classes, dataset '{dataset.name}' "
+            f"has {dataset.num_classes}"
+        )
+    norm = proxy.meta.get("normalization")
+    if norm is not None and not _same_numbers(norm, {"mean": dataset.mean, "std": dataset.std}):
+        raise UserError(
+            f"proxy {proxy.path} was normalised with {norm}, dataset '{dataset.name}' uses "
+            f"mean {list(dataset.mean)}, std {list(dataset.std)}"
+        )
+
+
+def _same_numbers(norm: Any, expected: dict[str, Any]) -> bool:
+    try:
+        return all(
+            len(norm[k]) == len(v)
+            and all(
+                math.isclose(float(a), float(b), rel_tol=1e-5)
+                for a, b in zip(norm[k], v, strict=True)
+            )
+            for k, v in expected.items()
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def real_view(proxy: Proxy, x: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from nas_proxy.distill.common import (
 from nas_proxy.distill.proxy import save_proxy
 from nas_proxy.errors import UserError
 
-# The ConvNet of the distillation literature, scaled to CPU (DESIGN.md's default candidate).
+# The ConvNet of the distillation literature, scaled to CPU (the default candidate).
 DEFAULT_ARCH = "convnet:depth=3,width=32"
 
 

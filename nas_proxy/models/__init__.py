@@ -1,6 +1,6 @@
 """Architecture specs, the model-family registry (convnet, mlp, timm) and model costs.
 
-Spec strings are ``FAMILY:key=value,...`` (see DESIGN.md section 3); ``parse_spec`` validates
+Spec strings are ``FAMILY:key=value,...`` (see docs/architecture.md); ``parse_spec`` validates
 them strictly and ``str()`` of the result is canonical. Importing this package registers the
 built-in families.
 """

@@ -1,11 +1,12 @@
 """Which architectures to rank: a YAML list of specs, or a sample of an Optuna study's trials.
 
 The study is read through Optuna itself (``optuna.load_study`` and each trial's user attributes,
-DESIGN.md section 4), so rank does not depend on the search stage's code.
+docs/architecture.md, "File formats"), so rank does not depend on the search stage's code.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import yaml
 from nas_proxy.errors import UserError
 from nas_proxy.models import parse_spec
 from nas_proxy.rank.metrics import stratified_sample
+
+log = logging.getLogger(__name__)  # under the "nas_proxy" logger: configured by the user
 
 
 @dataclass
@@ -68,12 +71,12 @@ def load_study(storage: str, study_name: str):
     journal file ``…/study.log`` or ``journal:///path``), opened by the search's own
     :func:`nas_proxy.search.study.open_study` (drivers, SQLite tuning, the errors).
     """
-    import optuna
+    from nas_proxy.search.study import open_study, redact
 
-    from nas_proxy.search.study import open_study
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return open_study(storage, study_name)
+    # Optuna's own log level is the user's to set (loading a study logs nothing at INFO).
+    study = open_study(storage, study_name)
+    log.info("loaded study %s from %s", study_name, redact(storage))
+    return study
 
 
 def study_trials(study) -> list[Candidate]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from nas_proxy.rank.metrics import rank_summary, ranks
 from nas_proxy.train import TrainConfig
 
 SUMMARY_KEYS = ("spearman", "spearman_ci", "kendall", "top_k_overlap", "regret")
+# Candidates a real search trains: costs are also reported with the build amortised over these.
+PROJECT_TO = 300
 
 
 @dataclass
@@ -47,11 +49,14 @@ class ProxyColumn:
     amortized_s: float | None = None  # one-off cost shared by the candidates (distillation)
     info: dict[str, Any] = field(default_factory=dict)
 
-    def cost_per_candidate(self) -> float | None:
+    def cost_per_candidate(self, n: int | None = None) -> float | None:
+        """Mean training-and-scoring seconds plus the build shared by ``n`` candidates (the
+        ranked ones by default; a real search has more, and pays less per candidate)."""
         known = [w for w in self.wall_s if w is not None]
         if not known:
             return None
-        return float(np.mean(known)) + (self.amortized_s or 0.0) / max(len(self.scores), 1)
+        n = n or len(self.scores)
+        return float(np.mean(known)) + (self.amortized_s or 0.0) / max(n, 1)
 
 
 def build_cost(
@@ -100,9 +105,46 @@ def proxy_scorers(
                     "ipc": p.meta.get("ipc"),
                     "dir": str(d),
                     "images": p.meta.get("images"),
+                    "samples_seen": p.train_config(**overrides).samples_seen(len(p.images)),
                 },
             )
         )
+    return out
+
+
+def short_scorers(
+    recipe: TrainConfig,
+    n_train: int,
+    seed: int,
+    *,
+    epochs: int | None = None,
+    steps: Sequence[int] = (),
+    match: Sequence[Scorer] = (),
+) -> list[Scorer]:
+    """Short full-data training as proxies: ``epochs`` epochs, each of ``steps`` optimizer steps,
+    and one run per scorer in ``match`` with that proxy's training compute.
+
+    Each is the ground-truth recipe with a budget whose schedule ends inside it (cosine over the
+    short run, not the first steps of a long one). Matched runs take as many sample-gradients as
+    training on the proxy does (``samples_seen``), so per candidate they cost no more than the
+    proxy (which also pays BatchNorm recalibration and its share of the build).
+    """
+    quick = recipe.replace(eval_every=0, track_test=False)
+    budgets: list[tuple[str, TrainConfig, dict[str, Any]]] = []
+    if epochs:
+        budgets.append((f"short-{epochs}ep", quick.replace(epochs=epochs), {}))
+    for n in steps:
+        budgets.append((f"short-{n}steps", quick.replace(max_steps=int(n)), {}))
+    for proxy in match:
+        n = max(1, round(proxy.extra["samples_seen"] / recipe.batch_size))
+        cfg = quick.replace(max_steps=n)
+        budgets.append((f"short={proxy.name}", cfg, {"matched": proxy.name}))
+    out = []
+    for name, cfg, info in budgets:
+        cfg = cfg.replace(epochs=cfg.epochs_for(n_train))
+        scorer = full_scorer(cfg, name=name, seeds=(seed + PROXY_SEED_OFFSET,))
+        scorer.extra.update(info, steps=cfg.total_steps(n_train))
+        out.append(scorer)
     return out
 
 
@@ -162,11 +204,15 @@ def rank_candidates(
     proxy_build_s: dict[str, float] | None = None,
     search_proxy: dict[str, Any] | None = None,
     short_epochs: int | None = None,
+    short_steps: Sequence[int] = (),
+    short_match: bool = False,
     zero_cost: Sequence[str] = ZERO_COST,
     ceiling_seeds: int = 2,
     avoid_seeds: Sequence[int] = (),
     top_k: int = 5,
     top_n: int | None = None,
+    subsets: Mapping[str, Sequence[bool]] | None = None,
+    project_to: int = PROJECT_TO,
     workers: int = 1,
     device: str = "cpu",
     seed: int = 0,
@@ -174,6 +220,7 @@ def rank_candidates(
     n_boot: int = 2000,
     source: dict[str, Any] | None = None,
     write_back: Callable[[list[Candidate], list[float | None]], str] | None = None,
+    on_record: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``candidates`` with the ground truth and every proxy; write the report to ``out``.
 
@@ -185,7 +232,13 @@ def rank_candidates(
     full_scores)`` stores the ground truth where the candidates came from and says where.
     Ground-truth seeds are ``seed, seed+1, ...`` skipping ``avoid_seeds`` (the seed the search
     trained with: a ground-truth run from the same initial weights would share its luck).
-    Returns the summary (the ``--json`` object).
+
+    Short full-data training (:func:`short_scorers`): ``short_epochs``, each of ``short_steps``,
+    and with ``short_match`` one run per ``proxies`` entry at that proxy's training compute.
+    ``subsets`` ({name: mask over candidates}, e.g. a benchmark's held-out half) get their own
+    metrics and headline table. Costs are reported amortised over the ranked candidates and
+    over ``project_to`` (the size of a real search). Returns the summary (the ``--json``
+    object).
     """
     from nas_proxy.rank.report import write_report
     from nas_proxy.runtime import resolve_device
@@ -195,6 +248,8 @@ def rank_candidates(
         raise UserError("nothing to rank: no candidates")
     if ceiling_seeds < 1:
         raise UserError(f"--ceiling-seeds {ceiling_seeds}: need at least 1")
+    if short_match and not proxies:
+        raise UserError("--short-match needs a --proxy to match")
     device = str(resolve_device(device))
     out = Path(out)
     cache = Path(cache_dir) if cache_dir else out.resolve().parent / "gt-cache"
@@ -202,23 +257,28 @@ def rank_candidates(
     specs = [c.arch for c in candidates]
     n = len(specs)
     top_n = min(n, top_n if top_n else max(top_k, math.ceil(n / 2)))
+    for name, mask in (subsets or {}).items():
+        if len(mask) != n:
+            raise UserError(f"subset '{name}': {len(mask)} flags for {n} candidates")
 
     gt_seeds = [
         s for s in range(seed, seed + ceiling_seeds + len(avoid_seeds)) if s not in avoid_seeds
     ][:ceiling_seeds]
     gt = full_scorer(recipe, seeds=gt_seeds)
-    scorers = [gt, *proxy_scorers(proxies, dataset.name, seed, proxy_overrides, proxy_build_s)]
-    if short_epochs:
-        scorers.append(
-            full_scorer(
-                recipe.replace(epochs=short_epochs),
-                name=f"short-{short_epochs}ep",
-                seeds=(seed + PROXY_SEED_OFFSET,),
-            )
-        )
-    scorers += zero_cost_scorers(zero_cost, seed)
+    distilled = proxy_scorers(proxies, dataset.name, seed, proxy_overrides, proxy_build_s)
+    short = short_scorers(
+        recipe,
+        len(dataset.train_y),
+        seed,
+        epochs=short_epochs,
+        steps=short_steps,
+        match=distilled if short_match else (),
+    )
+    scorers = [gt, *distilled, *short, *zero_cost_scorers(zero_cost, seed)]
     jobs = make_jobs(scorers, specs, data, dataset.checksum, cache, device)
-    records, counts = run_jobs(jobs, workers=workers, desc=f"rank {n} candidates")
+    records, counts = run_jobs(
+        jobs, workers=workers, desc=f"rank {n} candidates", on_record=on_record
+    )
     grouped = _by_spec(records)
 
     by_seed = np.array(
@@ -232,8 +292,8 @@ def rank_candidates(
         dtype=float,
     )
     full = [None if not np.all(np.isfinite(row)) else float(row.mean()) for row in by_seed]
-    full_wall = [_mean([r["wall_s"] for r in grouped[(gt.name, s)]]) for s in specs]
-    full_cost = _mean([w for w in full_wall if w is not None]) if any(full_wall) else None
+    costs = [c for s in specs for r in grouped[(gt.name, s)] if (c := _training_s(r)) is not None]
+    full_cost = float(np.mean(costs)) if costs else None
 
     columns: list[ProxyColumn] = []
     if search_proxy is not None:
@@ -261,10 +321,96 @@ def rank_candidates(
         )
 
     seeds_arr = by_seed if ceiling_seeds >= 2 else None
+    common = {
+        "top_k": top_k,
+        "seed": seed,
+        "n_boot": n_boot,
+        "project_to": project_to,
+        "ceiling_seeds": ceiling_seeds,
+    }
+    every = np.ones(n, dtype=bool)
+    headline = _evaluate(columns, full, seeds_arr, every, full_cost, top_n=top_n, **common)
+    summary: dict[str, Any] = {
+        "n": n,
+        **{k: (headline["proxies"][0][k] if columns else None) for k in SUMMARY_KEYS},
+        "report": str(out / "report.html"),
+        "main_proxy": columns[0].name if columns else None,
+        **headline,
+        "subsets": {
+            name: _evaluate(
+                columns,
+                full,
+                seeds_arr,
+                np.asarray(mask, dtype=bool),
+                full_cost,
+                top_n=min(top_n, int(np.sum(mask))),
+                **common,
+            )
+            for name, mask in (subsets or {}).items()
+        },
+        "full": {
+            "cost_s_per_candidate": full_cost,
+            "cost_measure": "training time of one seed (evaluations excluded)",
+            "seeds": list(gt.seeds),
+            "recipe": gt.settings["recipe"],
+            "scored_on": "val",
+            "failed": int(sum(v is None for v in full)),
+        },
+        "top_k": top_k,
+        "top_n": top_n,
+        "project_to": project_to,
+        "dataset": dataset.name,
+        "dataset_checksum": dataset.checksum,
+        "source": dict(source or {}),
+        "trained": counts["trained"],
+        "reused": counts["reused"],
+        "cache": str(cache),
+        "out": str(out),
+        "wall_s": None,
+    }
+    if write_back is not None:
+        summary["source"]["full_score_written_to"] = write_back(candidates, full)
+    summary["wall_s"] = round(time.perf_counter() - start, 3)
+    table = _table(candidates, full, by_seed, gt.seeds, grouped, gt.name, columns)
+    for name, mask in (subsets or {}).items():
+        table[f"in:{name}"] = list(mask)
+    summary["files"] = write_report(out, table, summary)
+    return summary
+
+
+def _training_s(record: dict) -> float | None:
+    """A ground-truth run's cost: its training time alone when its history records it (the
+    per-epoch evaluations of a benchmark's ground truth are not part of what a user pays)."""
+    history = record.get("history") or []
+    if history and history[-1].get("train_s") is not None:
+        return float(history[-1]["train_s"])
+    return record.get("wall_s")
+
+
+def _evaluate(
+    columns: list[ProxyColumn],
+    full: list[float | None],
+    by_seed: np.ndarray | None,
+    mask: np.ndarray,
+    full_cost: float | None,
+    *,
+    top_k: int,
+    top_n: int,
+    seed: int,
+    n_boot: int,
+    project_to: int,
+    ceiling_seeds: int,
+) -> dict[str, Any]:
+    """Every proxy's metrics and costs over the candidates in ``mask``, the noise ceiling over
+    the same ones, the cost-ρ Pareto frontier and the proxy to trust at each budget."""
+    idx = np.flatnonzero(mask)
+    sub_full = [full[i] for i in idx]
+    sub_seeds = None if by_seed is None else by_seed[idx]
     entries = []
     for col in columns:
-        m = _metrics(col.scores, full, seeds_arr, top_k, top_n, seed, n_boot)
+        m = _metrics([col.scores[i] for i in idx], sub_full, sub_seeds, top_k, top_n, seed, n_boot)
         cost = col.cost_per_candidate()
+        projected = col.cost_per_candidate(max(project_to, len(col.scores)))
         if col.kind in ("proxy", "search") and col.amortized_s is None:
             m["all"]["notes"].append(
                 "the cost of building this proxy is unknown (not in its "
@@ -280,22 +426,22 @@ def rank_candidates(
                 "kendall_top": m["top"]["kendall"],
                 "top_k_overlap_top": m["top"]["top_k_overlap"],
                 "cost_s_per_candidate": cost,
+                "cost_s_projected": projected,
                 "amortized_s": col.amortized_s,
                 "speedup": (full_cost / cost) if cost and full_cost else None,
+                "cost_ratio_projected": (projected / full_cost)
+                if projected and full_cost
+                else None,
                 "notes": m["all"]["notes"],
                 "notes_top": m["top"]["notes"],
                 **col.info,
             }
         )
-    ceiling = _metrics(full, full, seeds_arr, top_k, top_n, seed, n_boot)
-
-    table = _table(candidates, full, by_seed, gt.seeds, grouped, gt.name, columns)
-    main = entries[0] if entries else None
-    summary: dict[str, Any] = {
-        "n": n,
-        **{k: (main[k] if main else None) for k in SUMMARY_KEYS},
-        "report": str(out / "report.html"),
-        "main_proxy": main["name"] if main else None,
+    ceiling = _metrics(sub_full, sub_full, sub_seeds, top_k, top_n, seed, n_boot)
+    has_ceiling = by_seed is not None
+    return {
+        "n": int(idx.size),
+        "top_n": top_n,
         "proxies": entries,
         "ceiling": {
             "value": ceiling["all"]["ceiling"],
@@ -306,32 +452,64 @@ def rank_candidates(
             "ci_top": ceiling["top"]["ceiling_ci"],
             # Only the ceiling's own caveats (the rest compare the ground truth with itself).
             "notes": [s for s in ceiling["all"]["notes"] if s.startswith("ceiling") or "seed" in s]
-            if ceiling_seeds >= 2
+            if has_ceiling
             else ["one ground-truth seed (--ceiling-seeds 1): no noise ceiling"],
         },
-        "full": {
-            "cost_s_per_candidate": full_cost,
-            "seeds": list(gt.seeds),
-            "recipe": gt.settings["recipe"],
-            "scored_on": "val",
-            "failed": int(sum(v is None for v in full)),
-        },
-        "top_k": top_k,
-        "top_n": top_n,
-        "dataset": dataset.name,
-        "dataset_checksum": dataset.checksum,
-        "source": dict(source or {}),
-        "trained": counts["trained"],
-        "reused": counts["reused"],
-        "cache": str(cache),
-        "out": str(out),
-        "wall_s": None,
+        "frontier": pareto_front(entries, cost="cost_s_projected"),
+        "trust": trust_by_budget(entries, cost="cost_s_projected"),
     }
-    if write_back is not None:
-        summary["source"]["full_score_written_to"] = write_back(candidates, full)
-    summary["wall_s"] = round(time.perf_counter() - start, 3)
-    summary["files"] = write_report(out, table, summary)
-    return summary
+
+
+def pareto_front(entries: Sequence[dict[str, Any]], cost: str = "cost_s_projected") -> list[str]:
+    """Names of the proxies no other beats on both cost and ρ, cheapest first.
+
+    A proxy is dominated when another costs at most as much and ranks at least as well, one of
+    the two strictly. Proxies without a cost or a ρ are left out.
+    """
+    known = [e for e in entries if e.get(cost) is not None and e.get("spearman") is not None]
+    front = [
+        e
+        for e in known
+        if not any(
+            o[cost] <= e[cost]
+            and o["spearman"] >= e["spearman"]
+            and (o[cost] < e[cost] or o["spearman"] > e["spearman"])
+            for o in known
+        )
+    ]
+    return [e["name"] for e in sorted(front, key=lambda e: (e[cost], -e["spearman"]))]
+
+
+def trust_by_budget(
+    entries: Sequence[dict[str, Any]], cost: str = "cost_s_projected"
+) -> list[dict[str, Any]]:
+    """The proxy to trust at each budget: one row per frontier proxy, from its cost up to the
+    next one's, with whether its lead over the cheaper choice is beyond the noise.
+
+    "Beyond the noise" means the two 95% intervals do not overlap; where they do, the cheaper
+    proxy is as defensible a choice and the row says so.
+    """
+    by_name = {e["name"]: e for e in entries}
+    front = [by_name[n] for n in pareto_front(entries, cost)]
+    rows = []
+    for i, e in enumerate(front):
+        prev = front[i - 1] if i else None
+        clear = None
+        if prev is not None and e.get("spearman_ci") and prev.get("spearman_ci"):
+            clear = e["spearman_ci"][0] > prev["spearman_ci"][1]
+        rows.append(
+            {
+                "from_s": e[cost],
+                "to_s": front[i + 1][cost] if i + 1 < len(front) else None,
+                "proxy": e["name"],
+                "kind": e["kind"],
+                "spearman": e["spearman"],
+                "spearman_ci": e.get("spearman_ci"),
+                "better_than_cheaper": clear,
+                "cheaper": prev["name"] if prev else None,
+            }
+        )
+    return rows
 
 
 def _table(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import multiprocessing
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +28,7 @@ import torch
 
 from nas_proxy.errors import UserError
 from nas_proxy.io import stable_hash, write_json
-from nas_proxy.runtime import progress, versions
+from nas_proxy.runtime import cpu_info, init_worker_process, progress, versions
 from nas_proxy.train import TrainConfig, TrainingDiverged
 
 CACHE_VERSION = 1
@@ -244,6 +244,9 @@ def _run(job: Job) -> dict[str, Any]:
         "params": res.params,
         "flops": res.flops,
         "epochs": res.epochs,
+        "steps": res.steps,
+        # Per-epoch scores of full-data runs: any shorter ground truth can be read from them.
+        "history": res.history if s.kind == "full" else None,
     }
 
 
@@ -262,12 +265,14 @@ def run_job(job: Job) -> dict[str, Any]:
         "key": Path(job.path).stem,
         "kind": job.scorer.kind,
         "scorer": job.scorer.name,
+        "scorer_info": job.scorer.extra,
         "spec": job.spec,
         "seed": job.seed,
         "settings": job.scorer.settings,
         "dataset": job.data.name,
         "error": error,
         "device": job.device,
+        "cpu": cpu_info(),
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **out,
@@ -289,8 +294,7 @@ def warm_up() -> None:
 
 
 def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    os.environ["NAS_PROXY_NO_PROGRESS"] = "1"  # one bar, in the parent
+    init_worker_process(threads)
     warm_up()
 
 
@@ -307,11 +311,18 @@ def device_for(device: str, worker: int) -> str:
     return device
 
 
-def run_jobs(jobs: list[Job], *, workers: int = 1, desc: str = "rank") -> tuple[list[dict], dict]:
+def run_jobs(
+    jobs: list[Job],
+    *,
+    workers: int = 1,
+    desc: str = "rank",
+    on_record: Callable[[dict], None] | None = None,
+) -> tuple[list[dict], dict]:
     """Records of ``jobs`` in order, reusing cached ones; ``(records, {"trained", "reused"})``.
 
     ``workers`` > 1 runs the missing jobs in that many processes, each with its share of the CPU
     cores (processes rather than threads: training holds the GIL between kernels).
+    ``on_record`` is called with each newly finished record (e.g. to export a table as it grows).
     """
     if workers < 1:
         raise UserError(f"--workers {workers}: need at least 1")
@@ -326,6 +337,8 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, desc: str = "rank") -> tuple[
             for i in todo:
                 bar.set_postfix_str(f"{jobs[i].scorer.name} {jobs[i].spec}"[:60])
                 records[i] = run_job(jobs[i])
+                if on_record is not None:
+                    on_record(records[i])
                 bar.update()
         else:
             threads = max(1, _cores() // workers)
@@ -342,6 +355,8 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, desc: str = "rank") -> tuple[
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
                         records[futures[f]] = f.result()
+                        if on_record is not None:
+                            on_record(records[futures[f]])
                         bar.update()
     finally:
         bar.close()

@@ -17,7 +17,7 @@ Conventions shared by all functions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -467,6 +467,26 @@ def ranks(scores: Any) -> np.ndarray:
     out = np.full(s.shape, np.nan)
     ok = ~np.isnan(s)
     out[ok] = stats.rankdata(-s[ok], method="average")
+    return out
+
+
+def dev_test_split(groups: Sequence[str], seed: int) -> list[str]:
+    """``"dev"`` or ``"test"`` for each item, half and half within every group, fixed by seed.
+
+    Proxy settings are chosen on the dev half and reported once on the test half, so a setting
+    tuned to the benchmark cannot flatter itself. Splitting within groups (architecture
+    families) keeps both halves alike; an odd group gives its extra item to alternating halves.
+    """
+    rng = np.random.default_rng(seed)
+    out = [""] * len(groups)
+    odd = 0
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        rng.shuffle(idx)
+        n_dev = len(idx) // 2 + (len(idx) % 2 and odd % 2 == 0)
+        odd += len(idx) % 2
+        for j, i in enumerate(idx):
+            out[i] = "dev" if j < n_dev else "test"
     return out
 
 

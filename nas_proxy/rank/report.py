@@ -26,7 +26,10 @@ HEADERS = (
     "ρ top-N [95% CI]",
     "cost / candidate",
     "speed-up",
+    "cost @N",
+    "÷ full @N",
 )
+TRUST_HEADERS = ("budget per candidate", "trust", "ρ [95% CI]", "lead over the cheaper choice")
 
 
 def _num(v: float | None, digits: int = 3) -> str:
@@ -53,10 +56,26 @@ def _speedup(v: float | None) -> str:
     return f"{v:.0f}×" if v >= 10 else f"{v:.2g}×"  # 0.48× says "slower than full training"
 
 
-def headline_rows(summary: dict[str, Any]) -> list[list[str]]:
-    """One row per proxy, then the ground truth's own line (its cost and noise ceiling)."""
+def _ratio(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"1/{1 / v:.0f}" if v < 0.5 else f"{v:.2g}×"
+
+
+def headline_headers(summary: dict[str, Any]) -> list[str]:
+    """The headline's column names, with the projected search size in place of N."""
+    n = str(summary.get("project_to", "N"))
+    return [h.replace("@N", f"@{n}") for h in HEADERS]
+
+
+def headline_rows(summary: dict[str, Any], block: dict[str, Any] | None = None) -> list[list[str]]:
+    """One row per proxy, then the ground truth's own line (its cost and noise ceiling).
+
+    ``block``: a subset's metrics (``summary["subsets"][name]``) instead of all candidates'.
+    """
+    block = block or summary
     rows = []
-    for p in summary["proxies"]:
+    for p in block["proxies"]:
         rows.append(
             [
                 p["name"],
@@ -67,9 +86,11 @@ def headline_rows(summary: dict[str, Any]) -> list[list[str]]:
                 _with_ci(p["spearman_top"], p["spearman_top_ci"]),
                 _seconds(p["cost_s_per_candidate"]),
                 _speedup(p["speedup"]),
+                _seconds(p.get("cost_s_projected")),
+                _ratio(p.get("cost_ratio_projected")),
             ]
         )
-    c = summary["ceiling"]
+    c = block["ceiling"]
     rows.append(
         [
             f"full data ({c['seeds']} seed{'s' if c['seeds'] != 1 else ''}): ceiling",
@@ -80,8 +101,33 @@ def headline_rows(summary: dict[str, Any]) -> list[list[str]]:
             _with_ci(c["value_top"], c["ci_top"]),
             _seconds(summary["full"]["cost_s_per_candidate"]),
             "1×",
+            _seconds(summary["full"]["cost_s_per_candidate"]),
+            "1×",
         ]
     )
+    return rows
+
+
+def trust_rows(block: dict[str, Any]) -> list[list[str]]:
+    """The proxy to trust at each budget (the cost-ρ frontier, cheapest first)."""
+    rows = []
+    for t in block.get("trust", []):
+        upto = f"below {_seconds(t['to_s'])}" if t["to_s"] is not None else "and more"
+        lead = {None: "", True: "beyond the noise", False: "within the noise: "}[
+            t["better_than_cheaper"]
+        ]
+        if t["better_than_cheaper"] is False:
+            lead += f"{t['cheaper']} is as defensible"
+        elif t["cheaper"] is None:
+            lead = "the cheapest choice"
+        rows.append(
+            [
+                f"{_seconds(t['from_s'])} {upto}",
+                t["proxy"],
+                _with_ci(t["spearman"], t["spearman_ci"]),
+                lead,
+            ]
+        )
     return rows
 
 
@@ -155,16 +201,41 @@ def _candidates_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def _blocks(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(title, metrics) of each headline table: the subsets first (a benchmark's held-out half
+    is its headline), then all candidates."""
+    out = [(f"{name} ({b['n']} candidates)", b) for name, b in summary.get("subsets", {}).items()]
+    return [*out, (f"All candidates ({summary['n']})", summary)]
+
+
+def _trust_intro(summary: dict[str, Any]) -> str:
+    return (
+        f"The proxy to trust at each budget: the cost-ρ Pareto frontier, with costs amortised "
+        f"over {summary.get('project_to')} candidates (a real search)."
+    )
+
+
+def _md_blocks(summary: dict[str, Any]) -> list[str]:
+    parts = []
+    for title, block in _blocks(summary):
+        parts += [
+            f"## {title}",
+            "",
+            _md_table(headline_headers(summary), headline_rows(summary, block)),
+            "",
+        ]
+        if block.get("trust"):
+            parts += [_trust_intro(summary), "", _md_table(TRUST_HEADERS, trust_rows(block)), ""]
+    return parts
+
+
 def write_markdown(path: Path, summary: dict[str, Any], table: pd.DataFrame) -> Path:
     parts = [
         "# Rank fidelity report",
         "",
         *[f"{s}  " for s in _intro(summary)],
         "",
-        "## Headline",
-        "",
-        _md_table(HEADERS, headline_rows(summary)),
-        "",
+        *_md_blocks(summary),
         "![proxy vs full score](scatter.png)",
         "",
         "![cost vs rho](cost_vs_rho.png)",
@@ -173,8 +244,8 @@ def write_markdown(path: Path, summary: dict[str, Any], table: pd.DataFrame) -> 
     notes = _notes(summary)
     if notes:
         parts += ["## Notes", "", *[f"- {s}" for s in notes], ""]
-    headers, rows = _candidates_rows(table)
-    parts += ["## Candidates", "", _md_table(headers, rows), ""]
+    cand_headers, cand_rows = _candidates_rows(table)
+    parts += ["## Candidates", "", _md_table(cand_headers, cand_rows), ""]
     text = "\n".join(parts)
     return atomic_write(path, lambda p: p.write_text(text))
 
@@ -195,16 +266,27 @@ def write_html(
     path: Path, summary: dict[str, Any], table: pd.DataFrame, images: Sequence[Path]
 ) -> Path:
     """Self-contained: no external stylesheet, script or image source."""
-    headers, rows = _candidates_rows(table)
+    cand_headers, cand_rows = _candidates_rows(table)
     imgs = "".join(f'<img alt="{html.escape(p.stem)}" src="{_data_uri(p)}">' for p in images)
     notes = "".join(f"<li>{html.escape(s)}</li>" for s in _notes(summary))
     intro = "".join(f"<p>{html.escape(s)}</p>" for s in _intro(summary))
     doc = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Rank fidelity report"
         f"</title><style>{_CSS}</style></head><body><h1>Rank fidelity report</h1>{intro}"
-        f"<h2>Headline</h2>{_html_table(HEADERS, headline_rows(summary))}<div>{imgs}</div>"
+        + "".join(
+            f"<h2>{html.escape(title)}</h2>"
+            + _html_table(headline_headers(summary), headline_rows(summary, block))
+            + (
+                f"<p>{html.escape(_trust_intro(summary))}</p>"
+                + _html_table(TRUST_HEADERS, trust_rows(block))
+                if block.get("trust")
+                else ""
+            )
+            for title, block in _blocks(summary)
+        )
+        + f"<div>{imgs}</div>"
         + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
-        + f"<h2>Candidates</h2>{_html_table(headers, rows)}</body></html>\n"
+        + f"<h2>Candidates</h2>{_html_table(cand_headers, cand_rows)}</body></html>\n"
     )
     return atomic_write(path, lambda p: p.write_text(doc, encoding="utf-8"))
 
@@ -258,27 +340,35 @@ def plot_scatter(path: Path, table: pd.DataFrame, summary: dict[str, Any]) -> Pa
 
 
 def plot_cost_vs_rho(path: Path, summary: dict[str, Any]) -> Path:
-    """Spearman ρ (with its CI) against cost per candidate, log scale; ceiling as a band."""
+    """Spearman ρ (with its CI) against cost per candidate, log scale, with the Pareto frontier.
+
+    Filled markers: cost with the build amortised over ``project_to`` candidates (a real
+    search), where the frontier is drawn; hollow markers joined to them: cost over the ranked
+    candidates only. The ceiling is a band.
+    """
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    cmap = plt.get_cmap("tab10")
+    points = {}
     for i, p in enumerate(summary["proxies"]):
-        cost, rho = p["cost_s_per_candidate"], p["spearman"]
+        cost, rho = p.get("cost_s_projected"), p["spearman"]
         if cost is None or rho is None:
             continue
+        color = cmap(i % 10)
         ci = p["spearman_ci"]
         err = [[rho - ci[0]], [ci[1] - rho]] if ci else None
-        ax.errorbar(
-            [max(cost, 1e-4)],
-            [rho],
-            yerr=err,
-            fmt="o",
-            capsize=3,
-            color=plt.get_cmap("tab10")(i % 10),
-            label=p["name"],
-        )
-        ax.annotate(
-            p["name"], (max(cost, 1e-4), rho), fontsize=8, xytext=(4, 4), textcoords="offset points"
-        )
+        x = max(cost, 1e-4)
+        points[p["name"]] = (x, rho)
+        ax.errorbar([x], [rho], yerr=err, fmt="o", capsize=3, color=color, label=p["name"])
+        here = p.get("cost_s_per_candidate")
+        if here is not None and here > cost * 1.01:
+            ax.plot([x, here], [rho, rho], color=color, lw=0.8, alpha=0.6)
+            ax.plot([here], [rho], "o", mfc="none", color=color, alpha=0.8)
+        ax.annotate(p["name"], (x, rho), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    front = [points[n] for n in summary.get("frontier", []) if n in points]
+    if front:
+        xs, ys = zip(*front, strict=True)
+        ax.step(xs, ys, where="post", color="crimson", lw=1.5, alpha=0.7, label="Pareto frontier")
     c, full_cost = summary["ceiling"], summary["full"]["cost_s_per_candidate"]
     if c["value"] is not None:
         ax.axhline(c["value"], color="k", ls="--", lw=1, label="noise ceiling")
@@ -287,11 +377,14 @@ def plot_cost_vs_rho(path: Path, summary: dict[str, Any]) -> Path:
     if full_cost:
         ax.axvline(full_cost, color="gray", ls=":", lw=1, label="full training, one seed")
     ax.set_xscale("log")
-    ax.set_xlabel("cost per candidate (s, log scale)")
+    ax.set_xlabel(
+        f"cost per candidate (s, log scale); filled: build shared by "
+        f"{summary.get('project_to')} candidates, hollow: by the {summary['n']} ranked"
+    )
     ax.set_ylabel("Spearman ρ with full-data ranking")
     ax.set_title("Rank fidelity vs cost")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -5,7 +5,8 @@ before training when it breaks a constraint, reuses the score of an identical sp
 earlier, and otherwise trains it with :func:`nas_proxy.distill.proxy.train_on_proxy` (the
 proxy's recipe, BatchNorm recalibration on real data, scored on the real validation split).
 
-User attributes of every trial (DESIGN.md section 4): ``arch``, ``params``, ``flops``,
+User attributes of every trial (docs/architecture.md):
+``arch``, ``params``, ``flops``,
 ``proxy_score``, ``wall_s``; and where they apply ``latency_ms``, ``reused_from``,
 ``prune_reason``, ``fail_reason``, ``worker``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,6 +45,8 @@ CATCH: tuple[type[Exception], ...] = (
     MemoryError,
     TrainingDiverged,
 )
+# How the prune reason of a trial pruned on its scores starts (not a constraint or a copy).
+PRUNED_AT = "pruned at epoch"
 LATENCY_RUNS = 10  # timed forward passes (after 3 warm-up passes) for the latency objective
 
 
@@ -132,10 +136,14 @@ class Objective:
             # Rejected before training; PRUNED (not FAIL) so samplers learn to avoid the region.
             trial.set_user_attr("prune_reason", reason)
             raise optuna.TrialPruned(reason)
-        previous = self._evaluated(trial.study, spec)
-        if previous is not None:
-            return self._reuse(trial, previous, profile)
-        return self._train(trial, spec, profile)
+        previous = self._evaluated(trial.study, spec, trial.number)
+        if previous is None:
+            return self._train(trial, spec, profile)
+        if previous.state == TrialState.PRUNED:
+            reason = f"same spec as trial {previous.number}, which was pruned"
+            trial.set_user_attr("prune_reason", reason)
+            raise optuna.TrialPruned(reason)
+        return self._reuse(trial, previous, profile)
 
     def _violation(self, profile: dict[str, Any]) -> str | None:
         if self.max_params is not None and profile["params"] > self.max_params:
@@ -145,12 +153,36 @@ class Objective:
         return None
 
     @staticmethod
-    def _evaluated(study: optuna.Study, spec: str) -> optuna.trial.FrozenTrial | None:
-        """A COMPLETE trial of the same spec (same seed and recipe: same score), if any."""
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("arch") == spec and "proxy_score" in t.user_attrs:
-                return t
-        return None
+    def _evaluated(study: optuna.Study, spec: str, number: int) -> optuna.trial.FrozenTrial | None:
+        """A finished trial of the same spec (same seed and recipe: same outcome), if any.
+
+        COMPLETE trials give their score; a trial pruned on its scores gives its pruning.
+        When an earlier trial of the same spec is still running (in this or another process),
+        wait for it instead of training the spec twice; only the later trial waits, so two
+        trials never wait for each other. Stop waiting when its worker died on this host
+        (the worker loop re-queues its trial) or was failed as stale.
+        """
+        from nas_proxy.search.study import POLL_S, owner_died_here
+
+        while True:
+            running = None
+            for t in study.get_trials(deepcopy=False):
+                if t.user_attrs.get("arch") != spec or t.number == number:
+                    continue
+                if t.state == TrialState.COMPLETE and "proxy_score" in t.user_attrs:
+                    return t
+                if t.state == TrialState.PRUNED and str(
+                    t.user_attrs.get("prune_reason", "")
+                ).startswith(PRUNED_AT):
+                    return t
+                if t.state == TrialState.RUNNING and t.number < number:
+                    running = running or t
+            if running is None or owner_died_here(str(running.user_attrs.get("worker", ""))):
+                return None
+            with warnings.catch_warnings():  # heartbeats: a trial lost on another machine
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(POLL_S)
 
     def _reuse(
         self, trial: optuna.Trial, previous: optuna.trial.FrozenTrial, profile: dict[str, Any]
@@ -172,7 +204,7 @@ class Objective:
                 return  # Optuna cannot prune multi-objective trials
             trial.report(acc, epoch)
             if trial.should_prune():
-                reason = f"pruned at epoch {epoch} (val accuracy {acc:.4f})"
+                reason = f"{PRUNED_AT} {epoch} (val accuracy {acc:.4f})"
                 trial.set_user_attr("prune_reason", reason)
                 raise optuna.TrialPruned(reason)
 

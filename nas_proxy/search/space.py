@@ -1,6 +1,7 @@
 """Search-space files: YAML -> Optuna trial parameters -> canonical architecture spec strings.
 
-The format is documented in ``search_spaces/README.md``. In short::
+The format is documented in ``nas_proxy/search_spaces/README.md`` (shipped beside the spaces
+themselves: ``convnet``, ``mlp``, ``timm_small``, ``mixed``). In short::
 
     families:
       convnet:
@@ -22,6 +23,7 @@ model registry rejects are a :class:`UserError` naming ``FILE:LINE``.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -353,9 +355,44 @@ def _canonical(
 # --------------------------------------------------------------------------- parsing
 
 
+SHIPPED_SUFFIX = ".yaml"
+
+
+def shipped_spaces() -> dict[str, Path]:
+    """The search spaces shipped as package data, by name (``convnet`` -> its YAML file).
+
+    They are package data (``nas_proxy/search_spaces/``) so that an installed wheel has them;
+    ``search_spaces/`` at the top of a checkout links to the same folder.
+    """
+    folder = importlib.resources.files("nas_proxy").joinpath("search_spaces")
+    return {
+        entry.name.removesuffix(SHIPPED_SUFFIX): Path(str(entry))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(SHIPPED_SUFFIX)
+    }
+
+
+def resolve_space(space: str | Path) -> Path:
+    """A space file: ``space`` itself when it names a file, else the shipped space of that name:
+    ``convnet``, ``convnet.yaml``, or ``search_spaces/convnet.yaml`` (the path README.md uses,
+    so that its commands work outside a checkout too). Anything else is a UserError."""
+    path = Path(space)
+    if path.is_file():
+        return path
+    shipped = shipped_spaces()
+    name = path.name.removesuffix(SHIPPED_SUFFIX)
+    if path.parent in (Path("."), Path("search_spaces")) and name in shipped:
+        return shipped[name]
+    raise UserError(
+        f"--space {space}: file not found, and no shipped space has that name (shipped: "
+        f"{', '.join(shipped)})"
+    )
+
+
 def load_space(path: str | Path) -> SearchSpace:
-    """Parse and validate a search-space YAML file (format: ``search_spaces/README.md``)."""
-    path = Path(path)
+    """Parse and validate a search-space file or shipped space name (see :func:`resolve_space`;
+    format: ``nas_proxy/search_spaces/README.md``)."""
+    path = resolve_space(path)
     data = _read_yaml(path)
     where = str(path)
     if not isinstance(data, _Map):

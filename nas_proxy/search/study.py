@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import importlib.util
 import multiprocessing as mp
 import os
@@ -62,6 +63,7 @@ GRACE_PERIOD = 60  # a running trial without a heartbeat for this long is failed
 MAX_RETRY = 2  # re-queue a lost trial at most this many times
 READY_TIMEOUT_S = 300  # how long workers wait for each other to load before starting
 POLL_S = 1.0  # how often a worker with nothing to start looks at the study again
+MAX_STUDY_NAME = 512  # Optuna's study_name column (VARCHAR(512) on PostgreSQL and MySQL)
 SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsga2")
 PRUNERS = ("median", "successive-halving", "hyperband", "none")
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
@@ -121,11 +123,16 @@ def _requeue_lost(study: optuna.Study, trial: FrozenTrial) -> None:
         RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
 
 
-def make_storage(url: str) -> BaseStorage:
-    """An Optuna storage for ``url`` (see the module docstring for the accepted forms)."""
+def make_storage(url: str, create_under: str | Path | None = None) -> BaseStorage:
+    """An Optuna storage for ``url`` (see the module docstring for the accepted forms).
+
+    A missing parent folder of a SQLite or journal file is created only inside
+    ``create_under`` (the search's ``--out``); anywhere else it is an error, so that a typo in
+    ``--storage`` does not scatter folders over the file system.
+    """
     journal = journal_path(url)
     if journal is not None:
-        Path(journal).parent.mkdir(parents=True, exist_ok=True)
+        _parent_folder(url, journal, create_under)
         return JournalStorage(JournalFileBackend(journal))
     if "://" not in url:
         raise UserError(
@@ -136,10 +143,10 @@ def make_storage(url: str) -> BaseStorage:
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _parent_folder(url, path, create_under)
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for other workers' writes
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
             storage = RDBStorage(
                 _with_driver(url),
@@ -155,6 +162,46 @@ def make_storage(url: str) -> BaseStorage:
     if url.startswith("sqlite:"):
         _tune_sqlite(storage)
     return storage
+
+
+def _parent_folder(url: str, path: str, create_under: str | Path | None) -> None:
+    parent = Path(path).parent
+    if parent.is_dir():
+        return
+    if create_under is not None and parent.resolve().is_relative_to(Path(create_under).resolve()):
+        parent.mkdir(parents=True, exist_ok=True)
+        return
+    raise UserError(f"--storage {redact(url)}: folder {parent} does not exist")
+
+
+# Any fixed 64-bit number: the key of the PostgreSQL advisory lock taken around schema creation.
+_SCHEMA_LOCK_KEY = 0x6E61_7370_726F_7879  # "nasproxy"
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str):
+    """On PostgreSQL, hold an advisory lock while Optuna creates its tables.
+
+    Optuna checks for its tables, then creates them: two processes that start together on an
+    empty database both create, and one fails on a duplicate key. Serialised, the second one
+    finds the tables. Other databases are opened as they are.
+    """
+    if not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(_with_driver(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def _tune_sqlite(storage: RDBStorage) -> None:
@@ -202,25 +249,25 @@ def _first_line(e: BaseException) -> str:
 # --------------------------------------------------------------------------- samplers, pruners
 
 
-def make_sampler(
-    name: str, space: Any, seed: int, *, multi: bool, parallel: bool
-) -> optuna.samplers.BaseSampler:
-    """``tpe`` | ``random`` | ``cmaes`` | ``grid`` | ``nsga2`` seeded with ``seed``."""
+def make_sampler(name: str, space: Any, seed: int, *, multi: bool) -> optuna.samplers.BaseSampler:
+    """``tpe`` | ``random`` | ``cmaes`` | ``grid`` | ``nsga2``, reseeded before every trial from
+    ``seed`` and the trial's number (see :class:`_TrialSeeded`)."""
     samplers = optuna.samplers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         if name == "tpe":
             # multivariate+group model the joint and conditional structure of a NAS space;
-            # constant_liar keeps parallel workers from sampling the same point.
-            return samplers.TPESampler(
-                seed=seed, multivariate=True, group=True, constant_liar=parallel
+            # constant_liar keeps workers (here or in other processes) from sampling the
+            # point a running trial is evaluating.
+            return _seeded(
+                samplers.TPESampler, seed, multivariate=True, group=True, constant_liar=True
             )
         if name == "random":
-            return samplers.RandomSampler(seed=seed)
+            return _seeded(samplers.RandomSampler, seed)
         if name == "nsga2":
-            return samplers.NSGAIISampler(seed=seed)
+            return _seeded(samplers.NSGAIISampler, seed)
         if name == "grid":
-            return samplers.GridSampler(space.grid(), seed=seed)
+            return _seeded(samplers.GridSampler, seed, space.grid())
         if name == "cmaes":
             if multi:
                 raise UserError("--sampler cmaes: single objective only (use nsga2 or tpe)")
@@ -231,12 +278,69 @@ def make_sampler(
                 )
             if importlib.util.find_spec("cmaes") is None:
                 raise UserError("--sampler cmaes: needs the 'cmaes' package (pip install cmaes)")
-            return samplers.CmaEsSampler(
-                seed=seed,
+            return _seeded(
+                samplers.CmaEsSampler,
+                seed,
                 warn_independent_sampling=False,
                 independent_sampler=samplers.TPESampler(seed=seed),
             )
     raise UserError(f"--sampler {name}: expected one of {', '.join(SAMPLERS)}")
+
+
+class _TrialSeeded:
+    """Sampler mixin: before each trial, reseed every random state from (seed, trial number).
+
+    Trial numbers are unique in a study whichever process takes them, so processes on one study
+    (on this machine or others) draw different random choices by construction, and a resumed
+    search continues with new numbers instead of replaying its seed; a fresh single-process
+    search is still reproducible.
+    """
+
+    _nas_proxy_seed: int = 0
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        _reseed(self, trial_seed(self._nas_proxy_seed, trial.number), set())
+        super().before_trial(study, trial)  # type: ignore[misc]
+
+
+_SEEDED_CLASSES: dict[type, type] = {}
+
+
+def _seeded(cls: type, seed: int, *args: Any, **kwargs: Any) -> optuna.samplers.BaseSampler:
+    """``cls(*args, seed=seed, **kwargs)`` with :class:`_TrialSeeded` mixed in (a subclass, so
+    Optuna's own ``isinstance`` checks still see the sampler it is)."""
+    if cls not in _SEEDED_CLASSES:
+        _SEEDED_CLASSES[cls] = type(f"TrialSeeded{cls.__name__}", (_TrialSeeded, cls), {})
+    sampler = _SEEDED_CLASSES[cls](*args, seed=seed, **kwargs)
+    sampler._nas_proxy_seed = seed
+    return sampler
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number`` of a search run with ``--seed seed``."""
+    return int(hashlib.sha256(f"{seed}:{number}".encode()).hexdigest()[:8], 16)
+
+
+def _reseed(sampler: Any, seed: int, seen: set[int]) -> None:
+    """Seed the random states of ``sampler`` and of the samplers it delegates to.
+
+    Optuna keeps them in private attributes (``LazyRandomState`` or numpy ``RandomState``),
+    whose names differ between samplers, so they are found by type rather than by name.
+    """
+    import numpy as np
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    if id(sampler) in seen:
+        return
+    seen.add(id(sampler))
+    for i, value in enumerate(vars(sampler).values()):
+        derived = (seed + 7919 * i) % 2**32  # distinct streams for distinct attributes
+        if isinstance(value, LazyRandomState):
+            value.rng.seed(derived)
+        elif isinstance(value, np.random.RandomState):
+            value.seed(derived)
+        elif isinstance(value, optuna.samplers.BaseSampler):
+            _reseed(value, derived + 1, seen)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -324,6 +428,13 @@ def _alive(pid: int, start: str) -> bool:
     return now is not None and (not start or not now or now == start)
 
 
+def owner_died_here(owner: str, host: str | None = None) -> bool:
+    """Whether the worker ``HOST:PID:START`` ran on this host and its process is gone."""
+    h, _, rest = owner.partition(":")
+    pid, _, start = rest.partition(":")
+    return h == (host or socket.gethostname()) and pid.isdigit() and not _alive(int(pid), start)
+
+
 def fail_dead_workers(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> int:
     """Fail and re-queue RUNNING trials whose worker process on this host has died."""
     host = socket.gethostname()
@@ -346,10 +457,10 @@ def fail_dead_workers(study: optuna.Study, trials: Sequence[FrozenTrial] | None 
                 continue
             h, pid = host, "?"
         else:
-            h, _, rest = owner.partition(":")
-            pid, _, start = rest.partition(":")
-            if h != host or not pid.isdigit() or _alive(int(pid), start):
+            if not owner_died_here(owner, host):
                 continue
+            h, _, rest = owner.partition(":")
+            pid = rest.partition(":")[0]
         try:
             storage.set_trial_user_attr(
                 t._trial_id, "fail_reason", f"worker {h}:{pid} died; re-queued"
@@ -459,7 +570,6 @@ class WorkerConfig:
     max_flops: int | None
     data_dir: str | None
     download: bool
-    parallel: bool
 
 
 def _die_with_parent() -> None:
@@ -490,7 +600,7 @@ def build_worker(cfg: WorkerConfig) -> tuple[optuna.Study, Any]:
     import torch
 
     from nas_proxy.data import load_dataset
-    from nas_proxy.distill.proxy import load_proxy
+    from nas_proxy.distill.proxy import check_compatible, load_proxy
     from nas_proxy.runtime import resolve_device
     from nas_proxy.search.objective import Objective
     from nas_proxy.search.space import load_space
@@ -500,11 +610,10 @@ def build_worker(cfg: WorkerConfig) -> tuple[optuna.Study, Any]:
     space = load_space(cfg.space)
     proxy = load_proxy(cfg.proxy)
     dataset = load_dataset(proxy.meta["dataset"], data_dir=cfg.data_dir, download=cfg.download)
+    check_compatible(proxy, dataset)  # once, not as a failure of every trial
     epochs = cfg.epochs or int(proxy.recipe["epochs"])
     multi = len(cfg.objectives) > 1
-    sampler = make_sampler(
-        cfg.sampler, space, cfg.seed + cfg.index, multi=multi, parallel=cfg.parallel
-    )
+    sampler = make_sampler(cfg.sampler, space, cfg.seed, multi=multi)
     study = optuna.load_study(
         study_name=cfg.study_name,
         storage=make_storage(cfg.storage),
@@ -590,13 +699,18 @@ def create_or_resume(
     objectives: Sequence[str],
     settings: dict[str, Any],
     info: dict[str, Any],
+    create_under: str | Path | None = None,
 ) -> optuna.Study:
-    """Create the study, or load it after checking it was made with the same settings."""
+    """Create the study, or load it after checking it was made with the same settings
+    (``create_under``: see :func:`make_storage`)."""
     from nas_proxy.search.objective import OBJECTIVES
 
     directions = [OBJECTIVES[o] for o in objectives]
     study = optuna.create_study(
-        storage=make_storage(url), study_name=study_name, directions=directions, load_if_exists=True
+        storage=make_storage(url, create_under),
+        study_name=study_name,
+        directions=directions,
+        load_if_exists=True,
     )
     stored = study.user_attrs.get("nas_proxy_settings")
     if stored is None:
@@ -641,7 +755,8 @@ def run_search(
 ) -> dict[str, Any]:
     """Run (or resume) a search until ``trials`` trials have finished; return the summary
     (the ``--json`` object of ``nas-proxy search``)."""
-    from nas_proxy.distill.proxy import load_proxy
+    from nas_proxy.data import load_dataset
+    from nas_proxy.distill.proxy import check_compatible, load_proxy
     from nas_proxy.search.objective import parse_objectives
     from nas_proxy.search.space import load_space
 
@@ -660,28 +775,34 @@ def run_search(
         raise UserError(f"--sampler {sampler}: expected one of {', '.join(SAMPLERS)}")
     if pruner not in PRUNERS:
         raise UserError(f"--pruner {pruner}: expected one of {', '.join(PRUNERS)}")
+    if not study_name.strip() or len(study_name) > MAX_STUDY_NAME:
+        raise UserError(
+            f"--study: expected a name of 1 to {MAX_STUDY_NAME} characters (got {len(study_name)})"
+        )
     out = Path(out)
     space = load_space(space_path)
     proxy = load_proxy(proxy_dir)
     space.check_build(tuple(proxy.images.shape[1:]), proxy.num_classes)
-    make_sampler(sampler, space, seed, multi=multi, parallel=workers > 1)  # fail early
+    make_sampler(sampler, space, seed, multi=multi)  # fail early
+    if workers > 1:  # worker processes check it too, but their errors are not one line
+        check_compatible(proxy, load_dataset(proxy.meta["dataset"], data_dir, download))
     url = storage or default_storage(out)
     out.mkdir(parents=True, exist_ok=True)
     verbosity = _quiet_optuna()
     try:
         settings = _settings_fingerprint(space, proxy, objectives, seed, epochs, lr)
         info = {"space": str(space_path), "proxy": str(proxy_dir), "dataset": proxy.meta["dataset"]}
-        study = create_or_resume(url, study_name, objectives, settings, info)
+        study = create_or_resume(url, study_name, objectives, settings, info, create_under=out)
 
         devs = worker_devices(device, devices, workers)
         threads = max(1, _cpu_cores() // workers) if workers > 1 else None
-        lock_path = out / f".{study_name}.lock"
+        lock_path = out / lock_file_name(study_name)
         configs = [
             WorkerConfig(
                 index=i,
                 storage=url,
                 study_name=study_name,
-                space=str(Path(space_path).resolve()),
+                space=str(space.path.resolve()),  # a shipped space name resolved to its file
                 proxy=str(Path(proxy_dir).resolve()),
                 target=trials,
                 lock_path=str(lock_path),
@@ -697,7 +818,6 @@ def run_search(
                 max_flops=max_flops,
                 data_dir=data_dir,
                 download=download,
-                parallel=workers > 1,
             )
             for i in range(workers)
         ]
@@ -725,6 +845,12 @@ def run_search(
         )
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+def lock_file_name(study_name: str) -> str:
+    """The name of the study's creation lock under ``--out``: a hash of the study name, since
+    a name may hold slashes, ``..`` or more characters than a file name can."""
+    return f".study-{hashlib.sha256(study_name.encode()).hexdigest()[:16]}.lock"
 
 
 def _run_processes(configs: list[WorkerConfig], bar: _Progress) -> None:
@@ -910,7 +1036,7 @@ def summarize(
     wall_s: float,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``--json`` object (DESIGN.md section 3)."""
+    """The ``--json`` object (docs/architecture.md, "Command-line contract")."""
     trials = study.get_trials(deepcopy=False)
     c = count_trials(study, trials)
     best = best_trial(study, trials)
