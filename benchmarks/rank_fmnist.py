@@ -240,8 +240,10 @@ def export_tables(args: argparse.Namespace) -> None:
 
     records = cached_records(args.out / "gt-cache")
     is_gt = [r["kind"] == "full" and r["scorer"] == "full" for r in records]
-    write_records_csv(args.gt_table, [r for r, gt in zip(records, is_gt, strict=True) if gt])
-    write_records_csv(args.proxy_table, [r for r, gt in zip(records, is_gt, strict=True) if not gt])
+    for path, keep in ((args.gt_table, True), (args.proxy_table, False)):
+        rows = [r for r, gt in zip(records, is_gt, strict=True) if gt == keep]
+        if rows:  # no empty table that would look like a finished stage
+            write_records_csv(path, rows)
 
 
 def subsets(args: argparse.Namespace) -> dict[str, list[bool]]:
