@@ -297,12 +297,14 @@ def stage_rank(args: argparse.Namespace, costs: dict[str, float]) -> dict:
 
 def results_markdown(summary: dict, args: argparse.Namespace, wall_s: float) -> str:
     """The tables for benchmarks/RESULTS.md (test half first), with machine, settings, date."""
-    from nas_proxy.rank.report import headline_headers, headline_rows, trust_rows
+    from nas_proxy.rank.report import (
+        TRUST_HEADERS,
+        headline_headers,
+        headline_rows,
+        md_table,
+        trust_rows,
+    )
     from nas_proxy.runtime import cpu_info
-
-    def table(headers: list[str], rows: list[list[str]]) -> list[str]:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
 
     blocks = [*summary["subsets"].items(), ("all candidates", summary)]
     cpu = cpu_info()
@@ -320,16 +322,12 @@ def results_markdown(summary: dict, args: argparse.Namespace, wall_s: float) -> 
             f"**{name}** ({block['n']} candidates; ρ top-N over the best {block['top_n']}; "
             f"ceiling {c['value']} (CI {c['ci']})):",
             "",
-            *table(headline_headers(summary), headline_rows(summary, block)),
-            *table(["budget per candidate", "trust", "ρ [95% CI]", "lead"], trust_rows(block)),
+            md_table(headline_headers(summary), headline_rows(summary, block)),
+            "",
+            md_table(TRUST_HEADERS, trust_rows(block)),
+            "",
         ]
     return "\n".join(lines)
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

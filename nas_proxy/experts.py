@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +36,13 @@ from nas_proxy.augment import ZCA, dsa_strategy_for, parse_strategy
 from nas_proxy.data import Dataset
 from nas_proxy.errors import UserError
 from nas_proxy.io import load_tensors, read_json, save_tensors, stable_hash, write_json
-from nas_proxy.runtime import init_worker_process, progress, resolve_device, versions
+from nas_proxy.runtime import (
+    available_cores,
+    init_worker_process,
+    progress,
+    resolve_device,
+    versions,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -398,8 +403,7 @@ def _train_parallel(
     import torch.multiprocessing as mp
 
     workers = min(workers, len(todo))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // workers)
+    threads = max(1, available_cores() // workers)
     jobs = [
         (data, spec, dataclasses.asdict(settings), str(key_dir), i, epochs, str(device))
         for i in todo

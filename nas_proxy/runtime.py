@@ -100,6 +100,13 @@ def versions() -> dict[str, str]:
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpu_info() -> dict[str, Any]:
     """CPU model, speed-relevant flags and cores available to this process (every timing is
     recorded with it: machines of the same kind differ in AVX512-BF16)."""
@@ -112,30 +119,28 @@ def cpu_info() -> dict[str, Any]:
         pass
     model = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "model": model,
         "flags": " ".join(f for f in CPU_FLAGS if f in flags),
-        "cores": cores,
+        "cores": available_cores(),
         "threads": torch.get_num_threads(),
     }
 
 
 def die_with_parent() -> None:
-    """Make this (worker) process receive SIGTERM when its parent dies (Linux; elsewhere a
-    no-op). Pool workers otherwise outlive a killed run and keep training, unseen."""
+    """Have the kernel kill this (worker) process when its parent dies, kill -9 included
+    (Linux; elsewhere a no-op). Workers otherwise outlive a killed run and keep training."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
     import signal
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
     if os.getppid() == 1:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def init_worker_process(threads: int) -> None:
@@ -143,7 +148,7 @@ def init_worker_process(threads: int) -> None:
     and leave the progress bar to the parent (one bar, not W interleaved ones)."""
     die_with_parent()
     torch.set_num_threads(threads)
-    os.environ["NAS_PROXY_NO_PROGRESS"] = "1"
+    hide_progress()
 
 
 def allocator() -> str:

@@ -83,14 +83,17 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"max_steps {self.max_steps}: need at least 1")
 
+    def steps_per_epoch(self, n: int) -> int:
+        return math.ceil(n / self.batch_size)
+
     def total_steps(self, n: int) -> int:
         """Optimizer steps of the run over ``n`` samples."""
-        return self.max_steps or self.epochs * math.ceil(n / self.batch_size)
+        return self.max_steps or self.epochs * self.steps_per_epoch(n)
 
     def samples_seen(self, n: int) -> int:
         """Sample-gradients of the run over ``n`` samples: its training compute in units of one
         sample's forward and backward pass (what matched-cost short training matches)."""
-        per_epoch = math.ceil(n / self.batch_size)
+        per_epoch = self.steps_per_epoch(n)
         steps = self.total_steps(n)
         return (steps // per_epoch) * n + (steps % per_epoch) * self.batch_size
 
@@ -98,7 +101,7 @@ class TrainConfig:
         """Epochs the run takes over ``n`` samples (``max_steps`` may end it inside one)."""
         if self.max_steps is None:
             return self.epochs
-        return math.ceil(self.max_steps / math.ceil(n / self.batch_size))
+        return math.ceil(self.max_steps / self.steps_per_epoch(n))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -253,7 +256,7 @@ def train_model(
     optimizer = make_optimizer(model.parameters(), cfg_run)
     augment = make_augment(cfg.augment, seed=cfg.seed + 1, device=device) if x.dim() == 4 else None
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_per_epoch = cfg.steps_per_epoch(n)
     epochs = cfg.epochs_for(n)
     total_steps = cfg.total_steps(n)
     history: list[dict[str, float]] = []

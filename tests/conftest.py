@@ -57,3 +57,21 @@ def isolated_data(monkeypatch, tmp_path):
     monkeypatch.setenv("NAS_PROXY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(locate, "SYSTEM_ROOTS", [])
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def random_digits_proxy():
+    """``random_digits_proxy(out, ipc)``: a seeded random real subset of digits, ``ipc`` images
+    per class, no augmentation: the cheapest real proxy, for tests of what consumes proxies."""
+
+    def make(out: Path, ipc: int) -> Path:
+        import torch
+
+        from nas_proxy.data import load_dataset
+        from nas_proxy.distill.subsets import run_random
+
+        data = load_dataset("digits")
+        run_random(data, ipc, out, {"dsa": "none"}, seed=0, device=torch.device("cpu"))
+        return out
+
+    return make

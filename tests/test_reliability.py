@@ -89,16 +89,9 @@ families:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory) -> Path:
+def proxy(tmp_path_factory, random_digits_proxy) -> Path:
     """A seeded random real subset of digits, 3 images per class."""
-    import torch
-
-    from nas_proxy.data import load_dataset
-    from nas_proxy.distill.subsets import run_random
-
-    out = tmp_path_factory.mktemp("proxy") / "digits-random"
-    run_random(load_dataset("digits"), 3, out, {"dsa": "none"}, seed=0, device=torch.device("cpu"))
-    return out
+    return random_digits_proxy(tmp_path_factory.mktemp("proxy") / "digits-random", 3)
 
 
 @pytest.fixture

@@ -31,14 +31,9 @@ JSON_KEYS = {"study", "storage", "trials", "complete", "pruned", "failed", "best
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory) -> Path:
+def proxy(tmp_path_factory, random_digits_proxy) -> Path:
     """A seeded random real subset of digits, 5 images per class, no augmentation."""
-    from nas_proxy.data import load_dataset
-    from nas_proxy.distill.subsets import run_random
-
-    out = tmp_path_factory.mktemp("proxy") / "digits-random"
-    run_random(load_dataset("digits"), 5, out, {"dsa": "none"}, seed=0, device=torch.device("cpu"))
-    return out
+    return random_digits_proxy(tmp_path_factory.mktemp("proxy") / "digits-random", 5)
 
 
 @pytest.fixture

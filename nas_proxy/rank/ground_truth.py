@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,13 @@ import torch
 
 from nas_proxy.errors import UserError
 from nas_proxy.io import stable_hash, write_json
-from nas_proxy.runtime import cpu_info, init_worker_process, progress, versions
+from nas_proxy.runtime import (
+    available_cores,
+    cpu_info,
+    init_worker_process,
+    progress,
+    versions,
+)
 from nas_proxy.train import TrainConfig, TrainingDiverged
 
 CACHE_VERSION = 1
@@ -298,12 +303,6 @@ def _init_worker(threads: int) -> None:
     warm_up()
 
 
-def _cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def device_for(device: str, worker: int) -> str:
     """Round-robin the visible GPUs over workers when ``device`` names no index."""
     if device in ("cuda", "auto") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
@@ -341,7 +340,7 @@ def run_jobs(
                     on_record(records[i])
                 bar.update()
         else:
-            threads = max(1, _cores() // workers)
+            threads = max(1, available_cores() // workers)
             ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
             with ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)

@@ -113,13 +113,14 @@ def trust_rows(block: dict[str, Any]) -> list[list[str]]:
     rows = []
     for t in block.get("trust", []):
         upto = f"below {_seconds(t['to_s'])}" if t["to_s"] is not None else "and more"
-        lead = {None: "", True: "beyond the noise", False: "within the noise: "}[
-            t["better_than_cheaper"]
-        ]
-        if t["better_than_cheaper"] is False:
-            lead += f"{t['cheaper']} is as defensible"
-        elif t["cheaper"] is None:
+        if t["cheaper"] is None:
             lead = "the cheapest choice"
+        elif t["better_than_cheaper"] is None:
+            lead = ""  # no interval to compare
+        elif t["better_than_cheaper"]:
+            lead = "beyond the noise"
+        else:
+            lead = f"within the noise: {t['cheaper']} is as defensible"
         rows.append(
             [
                 f"{_seconds(t['from_s'])} {upto}",
@@ -131,7 +132,8 @@ def trust_rows(block: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _md_table(headers: Sequence[str], rows: list[list[str]]) -> str:
+def md_table(headers: Sequence[str], rows: list[list[str]]) -> str:
+    """A Markdown table (the report's, and the benchmarks' RESULTS.md snippets)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -221,11 +223,11 @@ def _md_blocks(summary: dict[str, Any]) -> list[str]:
         parts += [
             f"## {title}",
             "",
-            _md_table(headline_headers(summary), headline_rows(summary, block)),
+            md_table(headline_headers(summary), headline_rows(summary, block)),
             "",
         ]
         if block.get("trust"):
-            parts += [_trust_intro(summary), "", _md_table(TRUST_HEADERS, trust_rows(block)), ""]
+            parts += [_trust_intro(summary), "", md_table(TRUST_HEADERS, trust_rows(block)), ""]
     return parts
 
 
@@ -245,7 +247,7 @@ def write_markdown(path: Path, summary: dict[str, Any], table: pd.DataFrame) -> 
     if notes:
         parts += ["## Notes", "", *[f"- {s}" for s in notes], ""]
     cand_headers, cand_rows = _candidates_rows(table)
-    parts += ["## Candidates", "", _md_table(cand_headers, cand_rows), ""]
+    parts += ["## Candidates", "", md_table(cand_headers, cand_rows), ""]
     text = "\n".join(parts)
     return atomic_write(path, lambda p: p.write_text(text))
 

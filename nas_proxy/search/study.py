@@ -37,7 +37,6 @@ import hashlib
 import importlib.util
 import multiprocessing as mp
 import os
-import signal
 import socket
 import time
 import warnings
@@ -572,16 +571,10 @@ class WorkerConfig:
     download: bool
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this worker when the parent dies (kill -9 included)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def _worker_main(cfg: WorkerConfig, ready: Any = None) -> None:
-    _die_with_parent()
+    from nas_proxy.runtime import die_with_parent
+
+    die_with_parent()
     os.environ.setdefault("NAS_PROXY_NO_PROGRESS", "1")  # the parent draws the only bar
     _quiet_optuna()
     study, objective = build_worker(cfg)
@@ -665,13 +658,6 @@ def worker_devices(device: str, devices: Sequence[str] | None, workers: int) -> 
     if resolved.type == "cuda" and resolved.index is None and torch.cuda.device_count() > 1:
         return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
     return [str(resolved)] * workers
-
-
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _settings_fingerprint(
@@ -795,7 +781,9 @@ def run_search(
         study = create_or_resume(url, study_name, objectives, settings, info, create_under=out)
 
         devs = worker_devices(device, devices, workers)
-        threads = max(1, _cpu_cores() // workers) if workers > 1 else None
+        from nas_proxy.runtime import available_cores
+
+        threads = max(1, available_cores() // workers) if workers > 1 else None
         lock_path = out / lock_file_name(study_name)
         configs = [
             WorkerConfig(
