@@ -43,7 +43,7 @@ def evaluate(proxy_dir: Path, dataset, seeds: list[int]) -> list[float]:
             score_split="test",
             eval_every=0,
             desc=f"{proxy.method} seed {s}",
-        )[1].val_accuracy
+        )[1].test_accuracy
         for s in seeds
     ]
 

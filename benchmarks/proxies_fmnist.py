@@ -40,6 +40,7 @@ from nas_proxy.cli.evaluate_cmd import format_table
 from nas_proxy.data import load_dataset
 from nas_proxy.distill import distill
 from nas_proxy.distill.proxy import evaluate_proxy, load_proxy
+from nas_proxy.recipe import RECIPE_FIELDS
 from nas_proxy.runtime import resolve_device
 
 HEADING = "## Proxies (Fashion-MNIST, IPC 10)"
@@ -267,20 +268,11 @@ def main() -> None:
             for name in rows
         ]
     recipe = load_proxy(rows[names[0]]["proxy"]).train_config(epochs=a.eval_epochs).to_dict()
-    keys = (
-        "epochs",
-        "lr",
-        "optimizer",
-        "momentum",
-        "weight_decay",
-        "batch_size",
-        "schedule",
-        "augment",
-    )
+
     lines += [
         "",
         "Evaluation recipe of the real subsets, DM, DC and herding: "
-        + ", ".join(f"{k} {recipe[k]}" for k in keys)
+        + ", ".join(f"{k} {recipe[k]}" for k in RECIPE_FIELDS)
         + "; MTT proxies replace lr and epochs by their own (the learned lr, their "
         "`eval_epochs`). Batch-norm statistics are recalibrated on real training batches.",
         "Each proxy is built once (seed 0; DM/DC start from the random subset of that seed, DSA "

@@ -131,8 +131,8 @@ def gt_recipe(args: argparse.Namespace) -> dict:
 def stage_ground_truth(args: argparse.Namespace) -> Path:
     """Train every candidate with every ground-truth seed; the committed tables are read first
     (nothing in them is retrained) and rewritten after each finished run."""
+    from nas_proxy.rank.api import recipe_config
     from nas_proxy.rank.candidates import load_candidates_file
-    from nas_proxy.rank.compare import recipe_config
     from nas_proxy.rank.ground_truth import full_scorer, make_jobs, run_jobs
     from nas_proxy.runtime import resolve_device
 
@@ -184,14 +184,38 @@ def method_opts(method: str, args: argparse.Namespace) -> dict:
     return {}
 
 
+def proxy_folders(args: argparse.Namespace) -> list[tuple[str, int, Path]]:
+    """(method, distillation seed, folder) of every proxy to build: one per method and seed of
+    ``--distill-seeds``, named ``METHOD[-TAG][-sSEED]`` so that settings told apart by
+    ``--tag`` never reuse each other's proxies."""
+    tag = f"-{args.tag}" if args.tag else ""
+    out = []
+    for method in args.methods:
+        for seed in args.distill_seeds:
+            name = f"{method}{tag}" + (f"-s{seed}" if len(args.distill_seeds) > 1 else "")
+            out.append((method, seed, args.out / "proxies" / name))
+    return out
+
+
+def method_proxy_names(args: argparse.Namespace) -> dict[str, list[str]]:
+    """{method: the rank report's names of its proxies} (one per distillation seed)."""
+    from nas_proxy.rank.compare import proxy_names
+
+    folders = proxy_folders(args)
+    dirs = [args.proxy_dir.get(m, str(f)) for m, _, f in folders]
+    names: dict[str, list[str]] = {}
+    for (method, _, _), name in zip(folders, proxy_names(dirs), strict=True):
+        names.setdefault(method, []).append(name)
+    return names
+
+
 def stage_distill(args: argparse.Namespace) -> dict[str, float]:
     """Build each proxy (skipping finished ones); returns {proxy dir: build seconds}."""
     from nas_proxy.distill import distill
 
     data = _dataset(args)
     costs = {}
-    for method in args.methods:
-        out = args.out / "proxies" / method
+    for method, seed, out in proxy_folders(args):
         record = out / "distill.json"
         if method in args.proxy_dir:
             out = Path(args.proxy_dir[method])
@@ -208,14 +232,14 @@ def stage_distill(args: argparse.Namespace) -> dict[str, float]:
             result = read_json(record)
             print(f"distill {method}: reusing {out}", file=sys.stderr)
         else:
-            print(f"distill {method}: ipc {args.ipc} → {out}", file=sys.stderr)
+            print(f"distill {method}: ipc {args.ipc}, seed {seed} → {out}", file=sys.stderr)
             result = distill(
                 method,
                 data,
                 args.ipc,
                 out,
                 method_opts(method, args),
-                seed=args.seed,
+                seed=seed,
                 device=args.device,
             )
             write_json(record, result)
@@ -261,10 +285,13 @@ def subsets(args: argparse.Namespace) -> dict[str, list[bool]]:
 
 
 def stage_rank(args: argparse.Namespace, costs: dict[str, float]) -> dict:
-    from nas_proxy.rank.compare import rank
+    from nas_proxy.rank.api import rank
 
     import_tables(args)
-    proxies = [args.proxy_dir.get(m, str(args.out / "proxies" / m)) for m in args.methods]
+    proxies = [args.proxy_dir.get(m, str(f)) for m, _, f in proxy_folders(args)]
+    # Several distillation seeds of one method: also score them as one ensemble.
+    ensembles = {f"{m} ensemble": ns for m, ns in method_proxy_names(args).items() if len(ns) > 1}
+    tunings = {"lr": {"lr_scales": args.lr_range}} if args.lr_range else None
     summary = rank(
         out=args.out / "rank",
         candidates_file=args.out / "candidates.yaml",
@@ -288,6 +315,8 @@ def stage_rank(args: argparse.Namespace, costs: dict[str, float]) -> dict:
         cache_dir=args.out / "gt-cache",
         n_boot=args.bootstrap,
         proxy_overrides={"epochs": args.proxy_epochs},
+        proxy_tunings=tunings,
+        ensembles=ensembles,
         proxy_build_s=costs,
         on_record=lambda _r: export_tables(args),
     )
@@ -316,6 +345,7 @@ def results_markdown(summary: dict, args: argparse.Namespace, wall_s: float) -> 
         f"Settings: `{json.dumps(settings, sort_keys=True)}`",
         "",
     ]
+    lines += lever_lines(summary, args)
     for name, block in blocks:
         c = block["ceiling"]
         lines += [
@@ -328,6 +358,57 @@ def results_markdown(summary: dict, args: argparse.Namespace, wall_s: float) -> 
             "",
         ]
     return "\n".join(lines)
+
+
+def lever_lines(summary: dict, args: argparse.Namespace, subset: str = "dev half") -> list[str]:
+    """Each method's ρ on the dev half per distillation seed (mean and spread), beside its seed
+    ensemble, its lr range test and the short training matched to it: a setting wins only by
+    more than its seed spread."""
+    from nas_proxy.rank.report import md_table
+
+    block = summary["subsets"].get(subset)
+    if block is None:
+        return []
+    by_name = {p["name"]: p for p in block["proxies"]}
+
+    def rho(name: str) -> float | None:
+        return (by_name.get(name) or {}).get("spearman")
+
+    def fmt(values: list[float | None], digits: int = 3) -> str:
+        known = [v for v in values if v is not None]
+        if not known:
+            return "–"
+        if len(known) == 1:
+            return f"{known[0]:.{digits}f}"
+        mean = sum(known) / len(known)
+        return f"{mean:.{digits}f} ± {(max(known) - min(known)) / 2:.{digits}f}"
+
+    rows = []
+    for method, names in method_proxy_names(args).items():
+        cost = [(by_name.get(n) or {}).get("cost_s_projected") for n in names]
+        rows.append(
+            [
+                f"{method}{f' ({args.tag})' if args.tag else ''}",
+                str(len(names)),
+                " / ".join("–" if rho(n) is None else f"{rho(n):.3f}" for n in names),
+                fmt([rho(n) for n in names]),
+                fmt([rho(f"{method} ensemble")]),
+                fmt([rho(f"{n}+lr") for n in names]),
+                fmt([rho(f"short={n}") for n in names]),
+                fmt(cost, 1),
+            ]
+        )
+    headers = [
+        "proxy",
+        "seeds",
+        "ρ per seed",
+        "ρ mean ± half-range",
+        "ρ seed ensemble",
+        "ρ +lr range test",
+        "ρ matched short",
+        "cost s @300",
+    ]
+    return [f"**Levers, {subset}** ({block['n']} candidates):", "", md_table(headers, rows), ""]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -384,6 +465,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument(
+        "--distill-seeds",
+        default=None,
+        type=lambda s: [int(x) for x in s.split(",") if x.strip()],
+        help="distill every method once per seed (comma-separated; default: --seed): the "
+        "seed spread, and an ensemble of the seeds' proxies, are reported beside each",
+    )
+    p.add_argument(
+        "--tag",
+        default="",
+        help="label of these distillation settings in proxy folder names (e.g. mixed-timm): "
+        "proxies built with other settings are never reused for them",
+    )
+    p.add_argument(
+        "--lr-range",
+        default=None,
+        type=lambda s: [float(x) for x in s.split(",") if x.strip()] or None,
+        help="also score every proxy with an lr range test per candidate: these multiples of "
+        "the proxy's lr, comma-separated, the best kept (each try is paid for)",
+    )
+    p.add_argument(
         "--distill-arch",
         default=None,
         help="architecture(s) to distill with, comma-separated [method default]",
@@ -435,6 +536,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-n", type=int, default=10)
     p.add_argument("--bootstrap", type=int, default=2000)
     args = p.parse_args(argv)
+    args.distill_seeds = args.distill_seeds or [args.seed]
+    if args.train_limit:  # a smoke run must never rewrite the committed tables
+        for name in ("gt_table", "proxy_table"):
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, args.out / getattr(args, name).name)
     args.proxy_dir = dict(kv.split("=", 1) for kv in args.proxy_dir)
     args.build_s = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.build_s)}
     unknown = set(args.methods) - set(METHODS) - set(args.proxy_dir)

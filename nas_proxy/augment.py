@@ -22,11 +22,15 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from nas_proxy.errors import UserError
+
+if TYPE_CHECKING:
+    from nas_proxy.data import Dataset
 
 DEFAULT_DSA = "color_crop_cutout_flip_scale_rotate"
 NO_AUGMENT = "none"
@@ -176,6 +180,21 @@ def dsa_strategy_for(dataset_name: str) -> str:
     if base in _NO_FLIP_DATASETS:
         return "_".join(op for op in parse_strategy(DEFAULT_DSA) if op != "flip")
     return DEFAULT_DSA
+
+
+def resolve_strategy(value: bool | str | None, dataset_name: str) -> str | None:
+    """The strategy a user's augmentation value names, the one place spellings are read:
+    None, False, '', 'none', 'false' → None; True, 'dsa', 'true', 'default' → the dataset's
+    default (:func:`dsa_strategy_for`); any other string → itself, checked."""
+    if value is None or value is False:
+        return None
+    text = str(value).strip().lower()
+    if text in ("", NO_AUGMENT, "false"):
+        return None
+    if value is True or text in ("dsa", "true", "default"):
+        return dsa_strategy_for(dataset_name)
+    parse_strategy(str(value))  # unknown ops: UserError
+    return str(value)
 
 
 def dsa(
@@ -355,3 +374,26 @@ class ZCA:
             raise UserError(f"ZCA state tensors do not match shape {list(shape)}")
         zca._set(shape, mean, vecs, vals)
         return zca
+
+
+ZCA_EPS = 0.1  # MTT's kornia ZCAWhitening eps
+_ZCA_CACHE: dict[tuple[str, str], tuple[Dataset, ZCA]] = {}
+
+
+def whiten(dataset: Dataset, eps: float = ZCA_EPS) -> tuple[Dataset, ZCA]:
+    """The dataset with every split ZCA-whitened (fitted on the training split), and the ZCA.
+
+    Memoised for the last dataset: experts and MTT both need the same whitened tensors.
+    """
+    cache_key = (dataset.name, f"{dataset.checksum}:{eps}")
+    if cache_key not in _ZCA_CACHE:
+        zca = ZCA(eps=eps).fit(dataset.train_x)
+        white = replace(
+            dataset,
+            train_x=zca.transform(dataset.train_x),
+            val_x=zca.transform(dataset.val_x),
+            test_x=zca.transform(dataset.test_x),
+        )
+        _ZCA_CACHE.clear()
+        _ZCA_CACHE[cache_key] = (white, zca)
+    return _ZCA_CACHE[cache_key]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,68 +31,22 @@ from typing import Any
 
 import torch
 
-from nas_proxy.augment import ZCA, dsa_strategy_for, parse_strategy
+from nas_proxy.augment import ZCA, ZCA_EPS, whiten
 from nas_proxy.data import Dataset
 from nas_proxy.errors import UserError
 from nas_proxy.io import load_tensors, read_json, save_tensors, stable_hash, write_json
+from nas_proxy.recipe import ExpertSettings, expert_seed
 from nas_proxy.runtime import (
-    available_cores,
     init_worker_process,
     progress,
     resolve_device,
     versions,
+    worker_threads,
 )
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SEED_SCHEME = "sha256('{seed}:{expert}')[:8] & 0x7fffffff"
-ZCA_EPS = 0.1  # MTT's kornia ZCAWhitening eps
-
-
-@dataclass(frozen=True)
-class ExpertSettings:
-    """How experts train. Defaults are the published MTT recipe: plain SGD (no momentum, no
-    weight decay), lr 0.01, batch 256, DSA, constant learning rate."""
-
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    augment: str | None = "dsa"  # 'dsa': the dataset's default strategy; a strategy; or None
-    zca: bool = False
-    optimizer: str = "sgd"
-    seed: int = 0
-
-    def strategy(self, dataset_name: str) -> str | None:
-        """The DSA strategy actually used (resolved, canonical), or None."""
-        aug = self.augment
-        if aug is not None and aug.strip().lower() == "dsa":
-            aug = dsa_strategy_for(dataset_name)
-        ops = parse_strategy(aug)
-        return "_".join(ops) if ops else None
-
-    def train_config(self, dataset_name: str, expert: int, epochs: int):
-        from nas_proxy.train import TrainConfig
-
-        return TrainConfig(
-            epochs=epochs,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            schedule="none",
-            augment=self.strategy(dataset_name),
-            recalibrate_norm=False,
-            eval_every=1,
-            seed=expert_seed(self.seed, expert),
-        )
-
-
-def expert_seed(seed: int, expert: int) -> int:
-    """Seed of expert ``expert``: a hash, so neighbouring experts' RNG streams do not overlap
-    (train.py derives the augmentation seed as seed + 1)."""
-    return int(hashlib.sha256(f"{seed}:{expert}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 def key_settings(dataset: Dataset, spec: str, settings: ExpertSettings) -> dict[str, Any]:
@@ -120,28 +73,6 @@ def key_settings(dataset: Dataset, spec: str, settings: ExpertSettings) -> dict[
 
 def expert_key(dataset: Dataset, spec: str, settings: ExpertSettings) -> str:
     return stable_hash(key_settings(dataset, spec, settings))
-
-
-_ZCA_CACHE: dict[tuple[str, str], tuple[Dataset, ZCA]] = {}
-
-
-def whiten(dataset: Dataset, eps: float = ZCA_EPS) -> tuple[Dataset, ZCA]:
-    """The dataset with every split ZCA-whitened (fitted on the training split), and the ZCA.
-
-    Memoised for the last dataset: experts and MTT both need the same whitened tensors.
-    """
-    cache_key = (dataset.name, f"{dataset.checksum}:{eps}")
-    if cache_key not in _ZCA_CACHE:
-        zca = ZCA(eps=eps).fit(dataset.train_x)
-        white = dataclasses.replace(
-            dataset,
-            train_x=zca.transform(dataset.train_x),
-            val_x=zca.transform(dataset.val_x),
-            test_x=zca.transform(dataset.test_x),
-        )
-        _ZCA_CACHE.clear()
-        _ZCA_CACHE[cache_key] = (white, zca)
-    return _ZCA_CACHE[cache_key]
 
 
 def expert_dir(key_dir: Path, expert: int) -> Path:
@@ -403,7 +334,7 @@ def _train_parallel(
     import torch.multiprocessing as mp
 
     workers = min(workers, len(todo))
-    threads = max(1, available_cores() // workers)
+    threads = worker_threads(workers)
     jobs = [
         (data, spec, dataclasses.asdict(settings), str(key_dir), i, epochs, str(device))
         for i in todo

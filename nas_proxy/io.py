@@ -1,4 +1,4 @@
-"""Safe, atomic file I/O: JSON, safetensors, CSV logs, hashing.
+"""Safe, atomic file I/O: JSON, safetensors, figures, CSV logs, hashing.
 
 Nothing here unpickles. Every writer goes through a temp file + rename so that a killed process
 never leaves a half-written file that a later run would trust.
@@ -10,32 +10,62 @@ import csv
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from nas_proxy.errors import UserError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (atomic on POSIX)."""
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (atomic on POSIX).
+
+    The file gets the mode a plain ``open()`` would give it: an existing file's mode, else
+    0666 minus the umask (mkstemp's 0600 would hide shared caches from other users)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
     try:
+        mode = (path if path.exists() else tmp_path).stat().st_mode & 0o7777
         write(tmp_path)
+        os.chmod(tmp_path, mode)  # after: some writers (safetensors) recreate the file as 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """Write a matplotlib figure atomically, in the format its suffix names."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda p: fig.savefig(p, format=fmt, **savefig_kwargs))
+
+
+def require_writable_dir(path: str | Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder this process cannot create or write into:
+    an existing folder must accept a new file; a missing one needs a writable nearest parent."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is" if probe == path else f"is inside {probe}, which is"
+        raise UserError(f"{flag} {path}: {where} a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):  # a nameless file where the kernel allows one
+            pass
+    except OSError as e:
+        where = "" if probe == path else f" (its parent {probe} exists)"
+        raise UserError(f"{flag} {path}: cannot write there{where}: {e.strerror}") from None
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -62,11 +92,20 @@ def save_tensors(
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file; anything else (a pickle, a truncated file) is a UserError."""
+    return load_tensors_and_metadata(path, device)[0]
+
+
+def load_tensors_and_metadata(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of one safetensors file, read in one open (so both come
+    from the same version of a file that is being replaced)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        return load_file(str(path), device=str(device))
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{path}: not a valid safetensors file ({_first_line(e)})") from None
 
@@ -86,18 +125,24 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 class CsvLog:
-    """Append-only CSV log, flushed every row so a killed run keeps what it logged."""
+    """Append-only CSV log, flushed every row so a killed run keeps what it logged.
 
-    def __init__(self, path: str | Path, fields: Iterable[str], resume: bool = True):
+    ``keep`` decides which rows of an existing log survive (a resumed run keeps the rows up to
+    its checkpoint, so the rows it repeats are not logged twice); without it the log starts
+    over. Kept rows are rewritten atomically before appending."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        fields: Iterable[str],
+        keep: Callable[[dict[str, str]], bool] | None = None,
+    ):
         self.path = Path(path)
         self.fields = list(fields)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not (resume and self.path.exists() and self.path.stat().st_size > 0)
-        self._file = open(self.path, "w" if new else "a", newline="")
+        kept = [row for row in _read_csv_rows(self.path) if keep(row)] if keep else []
+        atomic_write(self.path, lambda p: _write_csv_rows(p, self.fields, kept))
+        self._file = open(self.path, "a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore")
-        if new:
-            self._writer.writeheader()
-            self._file.flush()
 
     def log(self, **row: Any) -> None:
         self._writer.writerow(row)
@@ -111,6 +156,21 @@ class CsvLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_csv_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def _write_csv_rows(path: Path, fields: list[str], rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _json_default(o: Any) -> Any:

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nas_proxy.recipe import FULL_DATA
+
 PIPELINE_JSON = "pipeline.json"
 DEFAULT_SPACE = "convnet"  # a shipped space (nas_proxy/search_spaces/), found when installed
 
@@ -60,8 +62,8 @@ def run_pipeline(
     sample: int = QUICK["sample"],
     top_k: int = QUICK["top_k"],
     rank_epochs: int = QUICK["rank_epochs"],
-    rank_lr: float = 0.05,
-    rank_batch_size: int = 128,
+    rank_lr: float = FULL_DATA.lr,
+    rank_batch_size: int = FULL_DATA.batch_size,
     ceiling_seeds: int = QUICK["ceiling_seeds"],
     short_epochs: int | None = None,
     zero_cost: Sequence[str] | None = None,
@@ -162,8 +164,8 @@ def _stages(
     """The four stages; each one's JSON under its name."""
     from nas_proxy.data import load_dataset
     from nas_proxy.distill import distill
+    from nas_proxy.rank.api import rank
     from nas_proxy.rank.baselines import ZERO_COST
-    from nas_proxy.rank.compare import rank
     from nas_proxy.search import run_search
     from nas_proxy.search.space import resolve_space
 

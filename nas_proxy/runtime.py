@@ -14,6 +14,12 @@ import torch
 from tqdm.auto import tqdm
 
 from nas_proxy.errors import UserError
+from nas_proxy.launch import (  # stdlib only, so the CLI and the launcher run without torch
+    allocator,
+    available_cores,
+    free_cores,
+    requested_threads,
+)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -100,13 +106,6 @@ def versions() -> dict[str, str]:
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers narrow)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def cpu_info() -> dict[str, Any]:
     """CPU model, speed-relevant flags and cores available to this process (every timing is
     recorded with it: machines of the same kind differ in AVX512-BF16)."""
@@ -143,22 +142,19 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def worker_threads(workers: int) -> int:
+    """Threads for each of ``workers`` pool processes: their share of the cores other processes
+    leave free (or of ``NAS_PROXY_THREADS``), at least 1."""
+    try:
+        total = requested_threads(os.environ) or free_cores()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return max(1, total // workers)
+
+
 def init_worker_process(threads: int) -> None:
     """What every pool worker does first: die with its parent, take its share of the cores,
     and leave the progress bar to the parent (one bar, not W interleaved ones)."""
     die_with_parent()
     torch.set_num_threads(threads)
     hide_progress()
-
-
-def allocator() -> str:
-    """The malloc this process runs with: a preloaded tcmalloc/jemalloc/mimalloc (see
-    :mod:`nas_proxy.launch`) or the system's; it changes speed and peak memory, not results."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return "system"
-    for name in ("tcmalloc", "jemalloc", "mimalloc"):
-        if f"lib{name}" in maps:
-            return name
-    return "system"

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,11 @@ from torch import nn
 
 from nas_proxy.augment import make_augment
 from nas_proxy.models import build_model, model_profile
+from nas_proxy.recipe import TrainConfig
 from nas_proxy.runtime import progress, resolve_device, seed_everything
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "step", "none")
+if TYPE_CHECKING:
+    from nas_proxy.data import Dataset
 
 # Called after every epoch (and once with epoch 0 before training): (epoch, model, metrics).
 # Experts save trajectories from it; search reports intermediate values and may raise to prune.
@@ -39,75 +41,6 @@ StateCallback = Callable[[int, dict[str, torch.Tensor]], None]
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run besides the data and the architecture."""
-
-    epochs: int = 10
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    schedule: str = "cosine"  # cosine | step (x0.1 at half, the MTT evaluation recipe) | none
-    augment: str | None = None  # DSA strategy string, or None
-    label_smoothing: float = 0.0
-    recalibrate_norm: bool = True  # re-estimate BatchNorm statistics on real data before scoring
-    recalibrate_batches: int = 8
-    eval_every: int = 1  # evaluate on val every N epochs (0: only at the end)
-    eval_batch_size: int = 1024
-    # Stop after this many optimizer steps (the schedule then spans them, not ``epochs``): a
-    # budget in steps lets short real training match another proxy's cost exactly.
-    max_steps: int | None = None
-    # Also score the test split at every evaluation, so one long run holds every shorter ground
-    # truth (benchmarks); test scores are recorded, never used to rank.
-    track_test: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from nas_proxy.errors import UserError
-
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(
-                f"optimizer '{self.optimizer}': expected one of {', '.join(OPTIMIZERS)}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"schedule '{self.schedule}': expected one of {', '.join(SCHEDULES)}")
-        if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
-            raise UserError(
-                f"need epochs >= 0, batch size >= 1 and lr > 0 (got epochs={self.epochs}, "
-                f"batch_size={self.batch_size}, lr={self.lr})"
-            )
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError(f"max_steps {self.max_steps}: need at least 1")
-
-    def steps_per_epoch(self, n: int) -> int:
-        return math.ceil(n / self.batch_size)
-
-    def total_steps(self, n: int) -> int:
-        """Optimizer steps of the run over ``n`` samples."""
-        return self.max_steps or self.epochs * self.steps_per_epoch(n)
-
-    def samples_seen(self, n: int) -> int:
-        """Sample-gradients of the run over ``n`` samples: its training compute in units of one
-        sample's forward and backward pass (what matched-cost short training matches)."""
-        per_epoch = self.steps_per_epoch(n)
-        steps = self.total_steps(n)
-        return (steps // per_epoch) * n + (steps % per_epoch) * self.batch_size
-
-    def epochs_for(self, n: int) -> int:
-        """Epochs the run takes over ``n`` samples (``max_steps`` may end it inside one)."""
-        if self.max_steps is None:
-            return self.epochs
-        return math.ceil(self.max_steps / self.steps_per_epoch(n))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return replace(self, **changes)
 
 
 @dataclass
@@ -446,3 +379,54 @@ def fit(
     profile = model_profile(spec, in_shape, num_classes)
     result.params, result.flops, result.arch = profile["params"], profile["flops"], profile["arch"]
     return model, result
+
+
+def train_architecture(
+    spec: str,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    device: str | torch.device = "auto",
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` on ``data``'s training split, score it on val and test, and with ``out``
+    save the weights (``model.safetensors``) and the result with its config, history and
+    versions (``result.json``). Returns the result (what ``nas-proxy train --json`` prints)."""
+    from nas_proxy.io import save_tensors, write_json
+    from nas_proxy.runtime import versions
+
+    model, res = fit(
+        spec,
+        data.train_x,
+        data.train_y,
+        cfg,
+        num_classes=data.num_classes,
+        device=device,
+        val=(data.val_x, data.val_y),
+        test=(data.test_x, data.test_y),
+        desc=spec,
+    )
+    result: dict[str, Any] = {
+        "arch": spec,
+        "dataset": data.name,
+        "epochs": cfg.epochs,
+        "val_accuracy": res.val_accuracy,
+        "test_accuracy": res.test_accuracy,
+        "params": res.params,
+        "flops": res.flops,
+        "wall_s": round(res.wall_s, 3),
+        "device": str(resolve_device(device)),
+        "seed": cfg.seed,
+    }
+    if out is not None:
+        save_tensors(
+            Path(out) / "model.safetensors",
+            model.state_dict(),
+            metadata={"arch": spec, "dataset": data.name},
+        )
+        write_json(
+            Path(out) / "result.json",
+            {**result, "config": cfg.to_dict(), "history": res.history, "versions": versions()},
+        )
+        result["out"] = str(out)
+    return result

@@ -7,7 +7,7 @@ import torch
 
 from nas_proxy.augment import dsa_strategy_for
 from nas_proxy.data import load_dataset
-from nas_proxy.distill import subsets
+from nas_proxy.distill import subsets, synthetic
 from nas_proxy.distill.common import class_indices
 from nas_proxy.distill.dc import gradient_distance, run_dc
 from nas_proxy.distill.dm import dm_loss, run_dm
@@ -45,6 +45,7 @@ def digits():
 def no_grid(monkeypatch):
     """Skip drawing PNGs (about a second each) in tests that only look at the tensors."""
     monkeypatch.setattr(subsets, "save_image_grid", lambda *a, **k: None)
+    monkeypatch.setattr(synthetic, "save_image_grid", lambda *a, **k: None)
 
 
 @pytest.mark.parametrize("method", list(RUNS))

@@ -126,3 +126,43 @@ def test_truncated_fashion_mnist_is_exit_2(tmp_path):
         "1",
     )
     assert code == 2 and "train-images" in err and len(err.strip().splitlines()) == 1
+
+
+def test_loading_the_cli_imports_no_heavy_library():
+    """--help and --version stay fast: the CLI imports torch only inside the commands."""
+    code = (
+        "import sys, nas_proxy, nas_proxy.cli; "
+        "print(','.join(m for m in ('torch', 'numpy', 'optuna', 'timm') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == ""
+
+
+def test_version_names_torch_and_the_allocator():
+    code, out, err = invoke("--version")
+    assert code == 0, err
+    from importlib.metadata import version
+
+    assert f"{version('nas-proxy')} (torch {version('torch')}, allocator " in out
+
+
+def test_choices_and_recipe_defaults_come_from_the_library():
+    from nas_proxy.distill import METHODS
+    from nas_proxy.recipe import FULL_DATA, OPTIMIZERS, SCHEDULES
+    from nas_proxy.search.samplers import PRUNERS
+    from nas_proxy.theory.distill_tasks import METHODS as THEORY_METHODS
+
+    def params(command):
+        return {p.name: p for p in main.commands[command].params}
+
+    assert tuple(params("distill")["method"].type.choices) == tuple(METHODS)
+    assert tuple(params("pipeline")["pruner"].type.choices) == tuple(PRUNERS)
+    assert tuple(params("theory")["method"].type.choices) == tuple(THEORY_METHODS)
+    for command in ("train", "rank"):
+        recipe = params(command)
+        assert tuple(recipe["optimizer"].type.choices) == OPTIMIZERS
+        assert tuple(recipe["schedule"].type.choices) == SCHEDULES
+        assert (recipe["lr"].default, recipe["batch_size"].default) == (
+            FULL_DATA.lr,
+            FULL_DATA.batch_size,
+        )

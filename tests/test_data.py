@@ -445,3 +445,26 @@ def test_cli_user_errors_exit_2(isolated_data, fake_mnist, monkeypatch, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert "no such directory" in err or "t10k-images-idx3-ubyte: truncated" in err
+
+
+def test_imagefolder_follows_symlinks_only_inside_its_root(tmp_path):
+    """Issue 15: links inside the dataset are followed (each real folder once, so a link to
+    an ancestor cannot loop); a class folder or a file that links out of it is refused."""
+    root, outside = tmp_path / "set", tmp_path / "elsewhere"
+    for c, name in enumerate(["cat", "dog"]):
+        for i in range(5):
+            _png(root / name / f"{i}.png", 40 * c + i)
+    _png(outside / "cow" / "0.png", 200)
+    (root / "dog" / "alias.png").symlink_to(root / "cat" / "0.png")  # inside: one more dog
+    (root / "cat" / "again").symlink_to(root / "cat")  # a loop back to its own class
+    data = load_dataset(f"imagefolder:{root}", val_fraction=0.0)
+    assert data.classes == ["cat", "dog"]
+    assert torch.bincount(torch.cat([data.train_y, data.test_y])).tolist() == [5, 6]
+
+    (root / "cow").symlink_to(outside / "cow")
+    with pytest.raises(UserError, match=r"cow: a symlink to .*elsewhere/cow, outside"):
+        load_dataset(f"imagefolder:{root}")
+    (root / "cow").unlink()
+    (root / "cat" / "stray.png").symlink_to(outside / "cow" / "0.png")
+    with pytest.raises(UserError, match=r"stray.png: a symlink to .*, outside"):
+        load_dataset(f"imagefolder:{root}")

@@ -11,10 +11,12 @@ import sys
 import textwrap
 import time
 
+import pandas as pd
 import pytest
 import torch
 
 from nas_proxy.data import load_dataset
+from nas_proxy.errors import UserError
 from nas_proxy.rank.compare import pareto_front, rank_candidates, trust_by_budget
 from nas_proxy.rank.ground_truth import DataRef, full_scorer, make_jobs, read_cached, run_jobs
 from nas_proxy.rank.metrics import dev_test_split
@@ -188,6 +190,75 @@ def test_rank_adds_matched_cost_short_training_and_subsets(tmp_path, digits):
     report = (tmp_path / "rank" / "report.md").read_text()
     assert "## mlps (2 candidates)" in report and "budget per candidate" in report
     assert "cost @300" in report
+
+
+def test_lr_range_test_per_candidate_and_seed_ensemble(tmp_path, digits):
+    """An lr range test per candidate keeps each candidate's best lr and pays for every try;
+    an ensemble of two proxies averages their ranks and pays for both."""
+    import numpy as np
+
+    from nas_proxy.distill import distill
+    from nas_proxy.rank.candidates import Candidate
+    from nas_proxy.rank.metrics import ranks
+
+    for s in (0, 1):
+        distill("random", digits, 5, tmp_path / f"random-s{s}", {}, seed=s, device="cpu")
+    specs = ["mlp:hidden=16", "mlp:hidden=64,depth=2", "convnet:depth=1,width=8"]
+    cands = [Candidate(s, s.split(":")[0]) for s in specs]
+    scales = [0.1, 1.0, 10.0]
+    summary = rank_candidates(
+        cands,
+        data=DataRef("digits"),
+        recipe=TrainConfig(epochs=1, batch_size=128, lr=0.05),
+        out=tmp_path / "rank",
+        proxies=[str(tmp_path / "random-s0"), str(tmp_path / "random-s1")],
+        proxy_overrides={"epochs": 10},
+        proxy_tunings={"lr": {"lr_scales": scales}},
+        ensembles={"both": ["random@random-s0", "random@random-s1"]},
+        short_match=True,
+        zero_cost=[],
+        ceiling_seeds=1,
+        device="cpu",
+        n_boot=50,
+    )
+    by_name = {p["name"]: p for p in summary["proxies"]}
+    plain, tuned = by_name["random@random-s0"], by_name["random@random-s0+lr"]
+    # Three trainings per candidate: three times the sample-gradients, and its matched rival too.
+    assert tuned["samples_seen"] == 3 * plain["samples_seen"] == 3 * 10 * 50
+    assert by_name["short=random@random-s0+lr"]["steps"] == round(1500 / 128)
+    assert tuned["cost_s_per_candidate"] > 2 * plain["cost_s_per_candidate"]
+
+    table = pd.read_csv(tmp_path / "rank" / "ranks.csv")
+    lr_scores = table["proxy_score:random@random-s0+lr"]
+    assert (lr_scores >= table["proxy_score:random@random-s0"] - 1e-9).all()  # 1.0 is a try
+    from nas_proxy.rank.table import cached_records
+
+    chosen = {r["lr_scale"] for r in cached_records(tmp_path / "gt-cache")}
+    assert chosen - {None} <= set(scales)
+
+    # The ensemble is the mean of the members' rank fractions, and costs both members.
+    fractions = [
+        1 - (ranks(table[f"proxy_score:random@random-s{s}"].to_numpy()) - 1) / 2 for s in (0, 1)
+    ]
+    assert np.allclose(table["proxy_score:both"], np.mean(fractions, axis=0))
+    assert by_name["both"]["cost_s_per_candidate"] == pytest.approx(
+        by_name["random@random-s0"]["cost_s_per_candidate"]
+        + by_name["random@random-s1"]["cost_s_per_candidate"],
+        rel=1e-6,
+    )
+    with pytest.raises(UserError, match="no proxy named nope"):
+        rank_candidates(
+            cands,
+            data=DataRef("digits"),
+            recipe=TrainConfig(epochs=1, batch_size=128, lr=0.05),
+            out=tmp_path / "rank2",
+            ensembles={"bad": ["nope"]},
+            zero_cost=["params"],
+            ceiling_seeds=1,
+            device="cpu",
+            n_boot=50,
+            cache_dir=tmp_path / "gt-cache",
+        )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")

@@ -12,7 +12,7 @@ from nas_proxy.augment import dsa
 from nas_proxy.cli import main
 from nas_proxy.data import load_dataset
 from nas_proxy.distill import distill, mtt
-from nas_proxy.distill.common import DistillDiverged
+from nas_proxy.distill.common import DistillDiverged, read_checkpoint
 from nas_proxy.distill.presets import PRESETS, resolve_options
 from nas_proxy.distill.proxy import load_proxy
 from nas_proxy.distill.unroll import unroll_sgd
@@ -221,7 +221,7 @@ def test_resume_after_kill_equals_uninterrupted_run(
     monkeypatch.setattr(mtt, "unroll_sgd", dies_at_fifth)
     with pytest.raises(KeyboardInterrupt):
         distill("mtt", digits, 2, tmp_path / "twice", opts, seed=3, device=CPU)
-    assert read_json(tmp_path / "twice" / "checkpoint.json")["iteration"] == 4
+    assert read_checkpoint(tmp_path / "twice")[1]["iteration"] == 4
     monkeypatch.setattr(mtt, "unroll_sgd", real_unroll)
     summary = distill("mtt", digits, 2, tmp_path / "twice", opts, seed=3, device=CPU)
     assert summary["resumed_from"] == 4

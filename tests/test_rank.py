@@ -302,6 +302,9 @@ def test_rank_from_study_writes_full_scores_back(tmp_path, monkeypatch, capsys):
         (["rank", "--study", "s", "--out", "x"], "--storage"),
         (["rank", "--candidates", "/no/such.yaml", "--out", "x"], "/no/such.yaml"),
         (["rank", "--candidates", "CANDS", "--zero-cost", "synflow,magic", "--out", "x"], "magic"),
+        (["rank", "--candidates", "CANDS", "--proxy-lr-range", "1,-2", "--out", "x"], "positive"),
+        (["rank", "--candidates", "CANDS", "--proxy-lr-range", "a,b", "--out", "x"], "a,b"),
+        (["rank", "--candidates", "CANDS", "--ensemble", "--out", "x"], "two or more --proxy"),
     ],
 )
 def test_user_errors_exit_2(tmp_path, monkeypatch, capsys, args, needle):
@@ -384,7 +387,7 @@ def test_degenerate_report_has_no_nan_with_two_workers(tmp_path):
 
 
 def test_cli_default_zero_cost_list_matches_the_library():
-    from nas_proxy.cli.rank_cmd import ZERO_COST_DEFAULT
+    from nas_proxy.cli.options import ZERO_COST_DEFAULT
 
     assert baselines.parse_zero_cost(ZERO_COST_DEFAULT) == list(baselines.ZERO_COST)
 
@@ -395,7 +398,7 @@ def test_load_study_uses_the_search_opener(tmp_path):
     import optuna
 
     from nas_proxy.rank.candidates import load_study
-    from nas_proxy.search.study import make_storage
+    from nas_proxy.study_storage import make_storage
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(study_name="found", storage=make_storage(url))

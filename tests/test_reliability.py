@@ -102,7 +102,8 @@ def wide_space(tmp_path) -> Path:
 
 
 def _worker_config(proxy: Path, space: Path, out: Path, **kw):
-    from nas_proxy.search.study import WorkerConfig, default_storage, lock_file_name
+    from nas_proxy.search.workers import WorkerConfig, lock_file_name
+    from nas_proxy.study_storage import default_storage
 
     fields = {
         "index": 0,
@@ -137,7 +138,8 @@ def _archs(storage: str) -> list[str]:
 def test_two_searches_on_one_study_sample_different_specs(proxy, wide_space, tmp_path):
     """Two `nas-proxy search` processes with the same flags hold two samplers alike in all but
     their process: each builds its own (as build_worker does) and they take turns."""
-    from nas_proxy.search.study import build_worker, create_or_resume
+    from nas_proxy.search.study import create_or_resume
+    from nas_proxy.search.workers import build_worker
 
     out = tmp_path / "s"
     cfg = _worker_config(proxy, wide_space, out)
@@ -167,7 +169,9 @@ def test_a_spec_running_elsewhere_is_not_trained_again(proxy, tmp_path):
 
     import optuna
 
-    from nas_proxy.search.study import build_worker, create_or_resume, worker_id
+    from nas_proxy.search.liveness import worker_id
+    from nas_proxy.search.study import create_or_resume
+    from nas_proxy.search.workers import build_worker
 
     space = tmp_path / "one.yaml"
     space.write_text("families:\n  mlp:\n    depth: 1\n    hidden: 16\n")  # one spec only
@@ -366,3 +370,249 @@ def test_a_config_file_that_is_not_utf8_is_a_user_error(tmp_path, monkeypatch, c
     cfg.write_bytes("arch: mlp\n# caf\u00e9\n".encode("latin-1"))
     code, _, err = _cli(monkeypatch, capsys, "train", "--config", str(cfg))
     assert code == 2 and "UTF-8" in err and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------- unwritable --out
+
+
+def _writers(tmp_path: Path, proxy: Path, space: Path, out: str) -> dict[str, list[str]]:
+    """One cheap invocation of every command that writes, its output folder at ``out``: if
+    the folder were not checked first, each would work (briefly) and then fail writing."""
+    digits = ["--dataset", "digits", "--device", "cpu"]
+    return {
+        "train": ["train", "--arch", "mlp:hidden=8", "--epochs", "1", *digits, "--out", out],
+        "distill": ["distill", *digits, "--method", "random", "--ipc", "1", "--out", out],
+        "distill --experts": [
+            "distill",
+            *digits,
+            "--ipc",
+            "1",
+            "--iterations",
+            "1",
+            "--out",
+            str(tmp_path / "ok"),
+            "--experts",
+            out,
+        ],
+        "experts": [
+            "experts",
+            *digits,
+            "--arch",
+            "mlp:hidden=8",
+            "--num-experts",
+            "1",
+            "--out",
+            out,
+        ],
+        "export": ["export", "--proxy", str(proxy), "--out", out],
+        "search": _search_args(proxy, space, Path(out)),
+        "theory": ["theory", *TINY_THEORY, "--out", out],
+        "pipeline": ["pipeline", "--dataset", "digits", "--out", out, "--device", "cpu"],
+        "rank": ["rank", "--proxy", str(proxy), "--sample", "2", "--out", out, "--device", "cpu"],
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "train",
+        "distill",
+        "distill --experts",
+        "experts",
+        "export",
+        "search",
+        "theory",
+        "pipeline",
+        "rank",
+    ],
+)
+def test_an_unwritable_output_folder_is_refused_before_any_work(
+    proxy, wide_space, tmp_path, monkeypatch, capsys, command
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = _writers(tmp_path, proxy, wide_space, str(blocker / "out"))[command]
+    code, _, err = _cli(monkeypatch, capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "a-file" in err and "not a folder" in err, err
+    assert not (tmp_path / "ok").exists()  # refused up front: nothing made, nothing trained
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_output_folder_is_refused(tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    args = ["train", "--arch", "mlp:hidden=8", "--epochs", "1", "--dataset", "digits"]
+    code, _, err = _cli(monkeypatch, capsys, *args, "--out", str(locked / "run"))
+    assert code == 2 and "cannot write there" in err and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------- theory defaults
+
+TINY_THEORY = [
+    "--d",
+    "8",
+    "--k",
+    "2",
+    "--n-syn",
+    "4",
+    "--n-train",
+    "100",
+    "--hidden",
+    "8",
+    "--iterations",
+    "2",
+    "--eval-steps",
+    "5",
+    "--eval-seeds",
+    "1",
+    "--device",
+    "cpu",
+]
+
+
+def test_theory_runs_of_two_methods_get_their_own_default_folders(tmp_path, monkeypatch, capsys):
+    """Issue 15: `theory --method gm`, then `--method perf`, both with the default --out,
+    used to share runs/theory and the second was refused. Each also writes its plots
+    atomically: a figure that fails half-way leaves the earlier plot intact."""
+    import json
+
+    import matplotlib.figure
+
+    from nas_proxy.theory.experiment import make_plots
+
+    monkeypatch.chdir(tmp_path)
+    for method in ("gm", "perf"):
+        code, out, err = _cli(monkeypatch, capsys, "theory", "--method", method, *TINY_THEORY)
+        assert code == 0, err
+    folders = sorted(p.name for p in (tmp_path / "runs" / "theory").iterdir())
+    assert folders == ["gm", "perf"]
+    result = json.loads((tmp_path / "runs/theory/perf/result.json").read_text())
+    assert result["method"] == "perf" and result["out"] == "runs/theory/perf"
+
+    plot = tmp_path / "runs/theory/perf/sample_efficiency.png"
+    before = plot.read_bytes()
+
+    def dies_half_way(fig, fname, **kwargs):
+        Path(fname).write_bytes(b"half a PNG")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        make_plots(result, plot.parent)
+    assert plot.read_bytes() == before
+    assert not [p for p in plot.parent.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- files and resumes
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
+    from nas_proxy.io import save_tensors, write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        import torch
+
+        save_tensors(tmp_path / "t.safetensors", {"x": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "t.safetensors").stat().st_mode & 0o777 == mode
+
+
+def test_an_atomic_rewrite_keeps_the_files_mode(tmp_path):
+    from nas_proxy.io import write_json
+
+    path = tmp_path / "shared.json"
+    write_json(path, {"v": 1})
+    path.chmod(0o640)
+    write_json(path, {"v": 2})
+    assert path.stat().st_mode & 0o777 == 0o640 and '"v": 2' in path.read_text()
+
+
+class _Killed(Exception):
+    """Stands for kill -9 inside an iteration."""
+
+
+def _count_run(out: Path, iterations: int, die_at: int | None = None) -> dict:
+    """The real outer loop of every distillation method on a tensor that counts iterations
+    (checkpoint every 2); ``die_at`` raises inside that iteration, after the ones before."""
+    import torch
+
+    from nas_proxy.distill.common import run_iterations
+
+    counter = torch.zeros(1)
+
+    def step(it: int, generator: torch.Generator) -> dict[str, float]:
+        if it == die_at:
+            raise _Killed
+        counter.add_(1)
+        return {"loss": float(counter)}
+
+    summary = run_iterations(
+        out=out,
+        iterations=iterations,
+        step=step,
+        tensors={"counter": counter},
+        optimizers={},
+        settings={"kind": "count"},
+        seed=0,
+        checkpoint_every=2,
+    )
+    return {**summary, "counter": float(counter)}
+
+
+def test_a_checkpoint_is_one_file_whose_tensors_and_iteration_agree(tmp_path):
+    """A kill between the two renames of a two-file checkpoint left new tensors beside the
+    old iteration. Here: the files of a run at iteration 6 land in a run at iteration 4 (as
+    a kill after the first rename left them); the resume must read 6 with the tensors of 6."""
+    import shutil
+
+    _count_run(tmp_path / "at4", 4)
+    _count_run(tmp_path / "at6", 6)
+    assert sorted(p.name for p in (tmp_path / "at6").iterdir()) == [
+        "checkpoint.safetensors",
+        "log.csv",
+    ]
+    shutil.copy(tmp_path / "at6" / "checkpoint.safetensors", tmp_path / "at4")
+    resumed = _count_run(tmp_path / "at4", 8)
+    assert resumed["resumed_from"] == 6 and resumed["counter"] == 8.0
+
+
+def test_a_resumed_log_has_each_iteration_once(tmp_path):
+    import csv
+
+    with pytest.raises(_Killed):
+        _count_run(tmp_path / "run", 6, die_at=3)  # logged 1, 2, 3; checkpoint at 2
+    with open(tmp_path / "run" / "log.csv", "a") as f:
+        f.write("4,4.0")  # and a row the kill cut short
+    resumed = _count_run(tmp_path / "run", 6)
+    assert resumed["resumed_from"] == 2 and resumed["counter"] == 6.0
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [float(r["loss"]) for r in rows] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+def test_an_image_grid_that_fails_half_way_leaves_the_old_one(tmp_path, monkeypatch):
+    import matplotlib.figure
+    import torch
+
+    from nas_proxy.distill.common import save_image_grid
+
+    images, labels = torch.rand(4, 1, 4, 4), torch.tensor([0, 0, 1, 1])
+    grid = save_image_grid(images, labels, tmp_path / "grid.png")
+    before = grid.read_bytes()
+
+    def dies_half_way(fig, fname, **kwargs):
+        Path(fname).write_bytes(b"half a PNG")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        save_image_grid(images, labels, tmp_path / "grid.png")
+    assert grid.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temp file left

@@ -14,27 +14,65 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import click
-import torch
 import yaml
 
 from nas_proxy.errors import UserError
-from nas_proxy.runtime import allocator, hide_progress
+from nas_proxy.launch import allocator
+
+# Nothing here imports torch: `--help` and `--version` answer in well under a second, and each
+# command imports the library it needs inside its function (tests/test_cli.py checks this).
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(
-    package_name="nas-proxy",
-    message=f"%(prog)s %(version)s (torch {torch.__version__}, allocator {allocator()})",
+def _version_message() -> str:
+    try:
+        torch_version = metadata.version("torch")  # the installed wheel's, without importing it
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"%(prog)s %(version)s (torch {torch_version}, allocator {allocator()})"
+
+
+def _hide_progress(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from nas_proxy.runtime import hide_progress
+
+        hide_progress()
+
+
+# Options naming a folder the command writes into: checked before the command starts, so an
+# unwritable one is a one-line error, not a failure after the work (issue 15).
+OUTPUT_FOLDER_PARAMS = ("out", "cache_dir", "experts")
+
+
+class _Command(click.Command):
+    def invoke(self, ctx: click.Context) -> Any:
+        from nas_proxy.io import require_writable_dir
+
+        for param in self.params:
+            if param.name in OUTPUT_FOLDER_PARAMS and ctx.params.get(param.name):
+                require_writable_dir(ctx.params[param.name], f"--{_long_flag(param)}")
+        return super().invoke(ctx)
+
+
+class _Group(click.Group):
+    command_class = _Command
+    group_class = type  # subgroups (``data``) make their commands the same way
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+@click.version_option(package_name="nas-proxy", message=_version_message())
 @click.option(
     "--no-progress",
     is_flag=True,
     expose_value=False,
-    callback=lambda ctx, param, value: hide_progress() if value else None,
+    callback=_hide_progress,
     help="Hide progress bars, as NAS_PROXY_NO_PROGRESS=1 does (before the command name).",
 )
 def main() -> None:

@@ -80,32 +80,20 @@ def evaluate_command(
 ):
     """Train each --arch from scratch on each --proxy with the proxy's recipe for --seeds seeds;
     report mean ± std accuracy on the real test split."""
-    from nas_proxy.data import load_dataset
-    from nas_proxy.distill.proxy import evaluate_proxy, load_proxy
-    from nas_proxy.models import parse_spec
+    from nas_proxy.distill.evaluate import evaluate_proxies
     from nas_proxy.runtime import resolve_device
 
-    specs = [str(parse_spec(a)) for a in archs]  # fail on a bad flag before any work
-    loaded = [load_proxy(p) for p in proxies]
-    dev = resolve_device(device)
-    datasets: dict[str, Any] = {}
-    rows = []
-    for proxy in loaded:
-        name = dataset or proxy.meta.get("dataset")
-        if name not in datasets:
-            datasets[name] = load_dataset(name, data_dir=data_dir, download=download)
-        data = datasets[name]
-        if proxy.meta.get("dataset_checksum") not in (None, data.checksum):
-            info(f"note: {proxy.path} was distilled from another version or split of {name}")
-        info(f"evaluating {proxy.path} ({proxy.method}, {len(proxy.images)} images) on {dev}")
-        rows += evaluate_proxy(
-            proxy,
-            data,
-            specs,
-            seeds=list(range(seed, seed + seeds)),
-            device=dev,
-            epochs=epochs,
-            lr=lr,
-            recalibrate_norm=False if no_recalibrate else None,
-        )
+    rows = evaluate_proxies(
+        proxies,
+        archs,
+        seeds=range(seed, seed + seeds),
+        device=resolve_device(device),
+        dataset=dataset,
+        data_dir=data_dir,
+        download=download,
+        say=info,
+        epochs=epochs,
+        lr=lr,
+        recalibrate_norm=False if no_recalibrate else None,
+    )
     emit({"results": rows}, as_json, format_table(rows))

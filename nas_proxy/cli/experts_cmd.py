@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from nas_proxy.cli.common import common_options, emit, info, main
+from nas_proxy.recipe import ExpertSettings
+
+EXPERT = ExpertSettings()  # the published MTT recipe: the flags' defaults
 
 
 @main.command("experts")
@@ -24,18 +27,24 @@ from nas_proxy.cli.common import common_options, emit, info, main
     required=True,
     help="Cache root; experts go to OUT/<key>/ (key: hash of every setting).",
 )
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--momentum", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=EXPERT.lr, show_default=True
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=EXPERT.batch_size, show_default=True
+)
+@click.option("--momentum", type=click.FloatRange(0, 1), default=EXPERT.momentum, show_default=True)
+@click.option(
+    "--weight-decay", type=click.FloatRange(min=0), default=EXPERT.weight_decay, show_default=True
+)
 @click.option(
     "--augment",
-    default="dsa",
+    default=EXPERT.augment,
     show_default=True,
     help="DSA strategy, 'dsa' for the dataset's default, or none.",
 )
 @click.option(
-    "--zca/--no-zca", default=False, show_default=True, help="Train on ZCA-whitened images."
+    "--zca/--no-zca", default=EXPERT.zca, show_default=True, help="Train on ZCA-whitened images."
 )
 @click.option(
     "--workers",
@@ -68,7 +77,7 @@ def experts_command(
     and keep their weights at every epoch. A cached request is reused; more experts or more
     epochs extend what exists; a killed run resumes at the last finished epoch."""
     from nas_proxy.data import load_dataset
-    from nas_proxy.experts import ExpertSettings, ensure_experts
+    from nas_proxy.experts import ensure_experts
     from nas_proxy.models import parse_spec
     from nas_proxy.runtime import resolve_device
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from nas_proxy.cli.common import common_options, emit, info, main
-from nas_proxy.cli.rank_cmd import ZERO_COST_DEFAULT
+from nas_proxy.cli.options import PRUNERS, rank_options
 from nas_proxy.pipeline import QUICK
+from nas_proxy.recipe import FULL_DATA
 
 
 @main.command("pipeline")
@@ -71,7 +72,7 @@ from nas_proxy.pipeline import QUICK
 )
 @click.option(
     "--pruner",
-    type=click.Choice(["none", "median", "successive-halving", "hyperband"]),
+    type=PRUNERS,
     default="none",
     show_default=True,
     help="Search pruner. none: every trial finishes, so the ranked sample spans the "
@@ -84,14 +85,7 @@ from nas_proxy.pipeline import QUICK
     show_default=True,
     help="Epochs each candidate trains on a proxy.",
 )
-@click.option(
-    "--sample",
-    type=click.IntRange(min=1),
-    default=QUICK["sample"],
-    show_default=True,
-    help="Candidates retrained on the full data.",
-)
-@click.option("--top-k", type=click.IntRange(min=1), default=QUICK["top_k"], show_default=True)
+@rank_options(sample=QUICK["sample"], top_k=QUICK["top_k"], ceiling_seeds=QUICK["ceiling_seeds"])
 @click.option(
     "--rank-epochs",
     type=click.IntRange(min=1),
@@ -102,28 +96,9 @@ from nas_proxy.pipeline import QUICK
 @click.option(
     "--rank-lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=0.05,
+    default=FULL_DATA.lr,
     show_default=True,
     help="Full-data training learning rate.",
-)
-@click.option(
-    "--ceiling-seeds",
-    type=click.IntRange(min=1),
-    default=QUICK["ceiling_seeds"],
-    show_default=True,
-    help="Full-data seeds per candidate (>= 2: noise ceiling).",
-)
-@click.option(
-    "--short-epochs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Also rank by short full-data training of this many epochs.",
-)
-@click.option(
-    "--zero-cost",
-    default=ZERO_COST_DEFAULT,
-    show_default=True,
-    help="Training-free scores to add (comma-separated, or none).",
 )
 @click.option(
     "--workers",
@@ -172,9 +147,9 @@ def pipeline_command(
     """Run the whole chain with quick defaults (about five minutes for digits on 2 cores):
     experts and MTT distillation, an Optuna search on the proxy, then a rank report that puts
     the MTT proxy beside a random real subset of the same size and zero-cost scores."""
-    from nas_proxy.cli.rank_cmd import headline
     from nas_proxy.pipeline import run_pipeline
     from nas_proxy.rank.baselines import parse_zero_cost
+    from nas_proxy.rank.report import headline_text
 
     result = run_pipeline(
         out,
@@ -207,7 +182,7 @@ def pipeline_command(
     emit(
         result,
         as_json,
-        f"{headline(result['rank'])}\n"
+        f"{headline_text(result['rank'])}\n"
         f"pipeline finished in {result['wall_s']:.0f} s; "
         f"the report is {result['report']}",
     )

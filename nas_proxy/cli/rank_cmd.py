@@ -5,32 +5,7 @@ from __future__ import annotations
 import click
 
 from nas_proxy.cli.common import common_options, emit, main
-from nas_proxy.cli.train_cmd import train_options
-
-# nas_proxy.rank.baselines.ZERO_COST, spelled out so that loading the CLI does not import torch
-# (a test checks they agree).
-ZERO_COST_DEFAULT = "synflow,gradnorm,naswot,params,flops"
-
-RECIPE_FLAGS = (
-    "epochs",
-    "lr",
-    "batch_size",
-    "momentum",
-    "weight_decay",
-    "optimizer",
-    "schedule",
-    "augment",
-)
-
-
-def headline(summary: dict) -> str:
-    """The report's headline table as plain text, and where the report is."""
-    from nas_proxy.rank.report import headline_headers, headline_rows
-
-    rows = [headline_headers(summary), *headline_rows(summary)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join([*lines, f"report: {summary['report']}"])
+from nas_proxy.cli.options import rank_options, recipe_options, recipe_values
 
 
 @main.command("rank")
@@ -60,38 +35,12 @@ def headline(summary: dict) -> str:
     default=None,
     help="Dataset (default: the study's, else the first proxy's, else digits).",
 )
-@click.option(
-    "--sample",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Candidates to take from a study (top-k plus a stratified sample).",
-)
-@click.option(
-    "--top-k",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="k of the top-k overlap and of the study's always-included best trials.",
-)
+@rank_options(sample=20, top_k=5, ceiling_seeds=2)
 @click.option(
     "--top-n",
     type=click.IntRange(min=1),
     default=None,
     help="Also report ρ over the best N by full score [default: half, at least k].",
-)
-@click.option(
-    "--ceiling-seeds",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Full-data seeds per candidate; >= 2 gives the noise ceiling.",
-)
-@click.option(
-    "--short-epochs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Add short full-data training of this many epochs as a proxy.",
 )
 @click.option(
     "--short-steps",
@@ -115,12 +64,6 @@ def headline(summary: dict) -> str:
     help="Also report costs with each proxy's build shared by this many candidates.",
 )
 @click.option(
-    "--zero-cost",
-    default=ZERO_COST_DEFAULT,
-    show_default=True,
-    help="Training-free scores to add (comma-separated, or none).",
-)
-@click.option(
     "--proxy-epochs",
     type=click.IntRange(min=1),
     default=None,
@@ -131,6 +74,21 @@ def headline(summary: dict) -> str:
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Override the learning rate of every --proxy's recipe.",
+)
+@click.option(
+    "--proxy-lr-range",
+    default=None,
+    metavar="X,Y,...",
+    help="Also score every --proxy with an lr range test per candidate: train once at each of "
+    "these multiples of the proxy's lr and keep the best (every try is paid for), e.g. "
+    "0.3,1,3. Reported as NAME+lr.",
+)
+@click.option(
+    "--ensemble/--no-ensemble",
+    default=False,
+    show_default=True,
+    help="Also report the --proxy folders as one proxy (the mean of their ranks, costing all "
+    "of them), e.g. one method distilled with several seeds.",
 )
 @click.option(
     "--workers",
@@ -153,7 +111,7 @@ def headline(summary: dict) -> str:
     show_default=True,
     help="Bootstrap resamples for confidence intervals (0: none).",
 )
-@train_options
+@recipe_options
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Report folder.")
 @common_options()
 def rank_command(
@@ -173,6 +131,8 @@ def rank_command(
     zero_cost,
     proxy_epochs,
     proxy_lr,
+    proxy_lr_range,
+    ensemble,
     workers,
     cache_dir,
     bootstrap,
@@ -190,12 +150,13 @@ def rank_command(
 
     Finished runs are cached (per spec, recipe, dataset and seed): a re-run resumes, a second
     report reuses them. Exactly one of --study/--candidates."""
+    from nas_proxy.rank.api import rank
     from nas_proxy.rank.baselines import parse_zero_cost
-    from nas_proxy.rank.compare import rank
+    from nas_proxy.rank.report import headline_text
 
     summary = rank(
         out=out,
-        recipe={k: recipe[k] for k in RECIPE_FLAGS},
+        recipe=recipe_values(recipe),
         candidates_file=candidates_file,
         study=study,
         storage=storage,
@@ -218,5 +179,22 @@ def rank_command(
         cache_dir=cache_dir,
         n_boot=bootstrap,
         proxy_overrides={"epochs": proxy_epochs, "lr": proxy_lr},
+        proxy_tunings=lr_range_tuning(proxy_lr_range),
+        ensemble=ensemble,
     )
-    emit(summary, as_json, headline(summary))
+    emit(summary, as_json, headline_text(summary))
+
+
+def lr_range_tuning(text: str | None) -> dict | None:
+    """``"0.3,1,3"`` → the rank stage's lr range test tuning; bad numbers are a UserError."""
+    from nas_proxy.errors import UserError
+
+    if not text:
+        return None
+    try:
+        scales = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        scales = []
+    if len(scales) < 2 or any(not x > 0 for x in scales):
+        raise UserError(f"--proxy-lr-range {text}: need two or more positive numbers, e.g. 0.3,1,3")
+    return {"lr": {"lr_scales": scales}}

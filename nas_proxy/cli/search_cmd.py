@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from nas_proxy.cli.common import common_options, emit, main, proxy_option
+from nas_proxy.cli.options import PRUNERS, LibraryChoice
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -71,14 +72,14 @@ def _csv(value: str | None) -> list[str] | None:
 )
 @click.option(
     "--sampler",
-    type=click.Choice(["tpe", "random", "cmaes", "grid", "nsga2"]),
+    type=LibraryChoice("nas_proxy.search.samplers", "SAMPLERS"),
     default=None,
     help="Default: tpe (one objective), nsga2 (several). cmaes needs "
     "int/float ranges; grid needs every parameter finite.",
 )
 @click.option(
     "--pruner",
-    type=click.Choice(["median", "successive-halving", "hyperband", "none"]),
+    type=PRUNERS,
     default=None,
     help="Prunes on per-epoch val accuracy. Default: median (one "
     "objective), none (several: Optuna cannot prune them).",
@@ -108,6 +109,15 @@ def _csv(value: str | None) -> list[str] | None:
     help="Reject candidates with more FLOPs per image, before training.",
 )
 @click.option(
+    "--promote",
+    multiple=True,
+    metavar="NAME:epochs=E,top=T[,budget=S]",
+    help="After the proxy search, train the best T (a fraction, or a count) of the stage "
+    "below on the real data for E epochs, stopping once the stage spent S seconds; one flag "
+    "per stage, lowest first (e.g. --promote short:epochs=1,top=0.2 --promote "
+    "full:epochs=15,top=3). The pick is the best at the highest stage reached.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Print --trials sampled specs with params and FLOPs; train nothing.",
@@ -129,6 +139,7 @@ def search_command(
     lr,
     max_params,
     max_flops,
+    promote,
     dry_run,
     as_json,
     seed,
@@ -174,6 +185,7 @@ def search_command(
         max_flops=max_flops,
         data_dir=data_dir,
         download=download,
+        promote=promote,
     )
     best = result["best"]
     human = (
@@ -185,4 +197,17 @@ def search_command(
     )
     if "pareto" in result:
         human += f"; Pareto front: {len(result['pareto'])} trials"
+    if "promotion" in result:
+        human += "\n" + _promotion_lines(result["promotion"])
     emit(result, as_json, human + f"\ntrials: {result['trials_csv']}")
+
+
+def _promotion_lines(promotion: dict) -> str:
+    lines = [
+        f"  {r['stage']}: {r['trained']} trained, {r['cost_s']:.1f} s" for r in promotion["stages"]
+    ]
+    pick = promotion["pick"]
+    if pick:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in pick["scores"].items())
+        lines.insert(0, f"pick: trial {pick['number']} {pick['arch']} ({scores})")
+    return "\n".join(lines)

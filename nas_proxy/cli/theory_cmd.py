@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 from nas_proxy.cli.common import common_options, emit, info, main
+from nas_proxy.cli.options import LibraryChoice
+from nas_proxy.distill.options import INITS
 from nas_proxy.errors import UserError
+
+LINKS = LibraryChoice("nas_proxy.data.multi_index", "LINKS")
 
 
 def _int_list(text: str | None) -> tuple[int, ...]:
@@ -39,7 +43,7 @@ _POS = click.FloatRange(min=0, min_open=True)
 )
 @click.option(
     "--method",
-    type=click.Choice(["perf", "gm", "mtt"]),
+    type=LibraryChoice("nas_proxy.theory.distill_tasks", "METHODS"),
     default="perf",
     show_default=True,
     help="Performance matching, gradient matching or MTT.",
@@ -60,14 +64,14 @@ _POS = click.FloatRange(min=0, min_open=True)
 )
 @click.option(
     "--link",
-    type=click.Choice(["sumtanh", "prod", "quadratic", "argmax"]),
+    type=LINKS,
     default="sumtanh",
     show_default=True,
     help="Link function of the task.",
 )
 @click.option(
     "--task",
-    type=click.Choice(["classification", "regression"]),
+    type=LibraryChoice("nas_proxy.data.multi_index", "TASKS"),
     default="classification",
     show_default=True,
 )
@@ -91,7 +95,7 @@ _POS = click.FloatRange(min=0, min_open=True)
 )
 @click.option(
     "--transfer-link",
-    type=click.Choice(["sumtanh", "prod", "quadratic", "argmax"]),
+    type=LINKS,
     default=None,
     help="Link of the transfer task [default: prod for sumtanh].",
 )
@@ -133,16 +137,16 @@ _POS = click.FloatRange(min=0, min_open=True)
 )
 @click.option(
     "--init",
-    type=click.Choice(["real", "noise"]),
+    type=click.Choice(INITS),
     default=None,
     help="perf / gm: initial synthetic samples.",
 )
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
-    default="runs/theory",
-    show_default=True,
-    help="Proxies, result.json and the PNG plots go here.",
+    default=None,
+    help="Proxies, result.json and the PNG plots go here [default: runs/theory/METHOD, so "
+    "runs of different methods never share a folder].",
 )
 @common_options(data=False)
 def theory_command(
@@ -212,6 +216,6 @@ def theory_command(
         + (f" (random {10 * n_syn}: {random_10x:.3f})" if random_10x is not None else "")
         + f"; variance in span(W) {result['subspace_fraction']:.3f} vs k/d "
         f"{result['isotropic_fraction']:.3f}; transfer {result['transfer']['pretrained']:.3f}"
-        f" vs scratch {result['transfer']['scratch']:.3f}; plots in {out}"
+        f" vs scratch {result['transfer']['scratch']:.3f}; plots in {result['out']}"
     )
     emit(result, as_json, human)

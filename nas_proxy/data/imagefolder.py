@@ -4,6 +4,10 @@
 ``PATH/<class>/...`` is split with a fixed stratified 20% test hold-out (a constant seed, so
 every run and stage sees the same test set). Images are never resized: a mixed-size folder is a
 user error. The folder is grayscale (1 channel) when every image is, else RGB.
+
+Symlinks (class folders, subfolders, files) are followed while they stay inside ``PATH``; one
+that leads out of it is refused, so a dataset is always the tree it names (and its checksum
+covers every file it reads). Each real folder is read once: a link to an ancestor cannot loop.
 """
 
 from __future__ import annotations
@@ -45,21 +49,48 @@ def class_folders(root: Path) -> list[Path]:
     return folders
 
 
-def _scan(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
-    """Image files under ``root/<class>/`` (recursively, sorted) and their class indices."""
+def _inside(path: Path, root: Path) -> Path:
+    """``path`` with its symlinks resolved; one that leads out of ``root`` is a user error."""
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise UserError(
+            f"{path}: a symlink to {real}, outside {root} (copy it in, or point "
+            "imagefolder: at a folder that holds all of the dataset)"
+        )
+    return real
+
+
+def _image_files(folder: Path, root: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted), following symlinks only inside
+    ``root`` (resolved) and reading each real folder once."""
+    files: list[Path] = []
+    seen: set[Path] = set()
+    todo = [folder]
+    while todo:
+        current = todo.pop()
+        real = _inside(current, root)
+        if real in seen:
+            continue
+        seen.add(real)
+        for p in current.iterdir():
+            if not _visible(p):
+                continue
+            if p.is_dir():
+                todo.append(p)
+            elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                _inside(p, root)
+                files.append(p)
+    return sorted(files)
+
+
+def _scan(root: Path, classes: list[str], top: Path) -> tuple[list[Path], np.ndarray]:
+    """Image files under ``root/<class>/`` (recursively, sorted) and their class indices;
+    ``top`` is the dataset's resolved folder, which no symlink may leave."""
     files: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(classes):
         folder = root / name
-        found = (
-            sorted(
-                p
-                for p in folder.rglob("*")
-                if p.is_file() and _visible(p) and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if folder.is_dir()
-            else []
-        )
+        found = _image_files(folder, top) if folder.is_dir() else []
         if not found:
             raise UserError(f"{folder}: class folder has no images (empty class)")
         files += found
@@ -112,13 +143,13 @@ def load(root: Path) -> RawData:
             raise UserError(
                 f"{split_dirs[1]}: class folder '{extra[0]}' has no counterpart in {split_dirs[0]}"
             )
-        train_files, train_y = _scan(split_dirs[0], classes)
-        test_files, test_y = _scan(split_dirs[1], classes)
+        train_files, train_y = _scan(split_dirs[0], classes, root.resolve())
+        test_files, test_y = _scan(split_dirs[1], classes, root.resolve())
         x = _read_images(train_files + test_files)
         train_x, test_x = x[: len(train_files)], x[len(train_files) :]
         files = train_files + test_files
     else:
-        files, y = _scan(root, classes)
+        files, y = _scan(root, classes, root.resolve())
         x = _read_images(files)
         keep, held = stratified_split(y, TEST_FRACTION, TEST_SEED)
         train_x, train_y, test_x, test_y = x[keep], y[keep], x[held], y[held]

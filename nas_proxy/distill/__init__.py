@@ -1,43 +1,52 @@
 """Distillation methods behind one entry point, all writing the proxy format of ``proxy.py``.
 
-Each method is ``run(dataset, ipc, out, opts, *, seed, device) -> dict`` (a summary holding at
-least ``dir, method, ipc, images, iterations, wall_s``). ``opts`` holds the CLI's options by
-their long names with ``_`` (``None``: not given); a method reads the ones it documents and
-ignores the rest. Methods are imported when called, so importing this package stays cheap.
+Each method registers its run function with its options class (:mod:`.options`):
+``run(dataset, ipc, out, options, *, seed, device) -> dict``, a summary holding at least
+``dir, method, ipc, images, iterations, wall_s``. ``options`` is the method's frozen dataclass,
+or a mapping of option names that :func:`.options.method_options` turns into one (an option
+the method does not read is an error). Methods are imported when called, so importing this
+package stays cheap (no torch).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from nas_proxy.distill.options import RecipeOptions, method_options
 
-from nas_proxy.errors import UserError
+if TYPE_CHECKING:
+    import torch
 
-Method = Callable[..., dict[str, Any]]
 
+@dataclass(frozen=True)
+class Method:
+    """A distillation method: where its run function lives; ``options.OPTIONS[name]`` is the
+    frozen dataclass of what it reads."""
 
-def _lazy(module: str, name: str) -> Method:
-    def run(
-        dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+    name: str
+    module: str
+    function: str
+
+    def __call__(
+        self, dataset, ipc: int, out: Path, options: Any, *, seed: int, device: torch.device
     ) -> dict[str, Any]:
-        impl = getattr(importlib.import_module(f"nas_proxy.distill.{module}"), name)
-        return impl(dataset, ipc, out, opts, seed=seed, device=device)
-
-    run.__name__ = run.__qualname__ = name
-    run.__doc__ = f"nas_proxy.distill.{module}.{name}, imported on first use."
-    return run
+        run = getattr(importlib.import_module(f"nas_proxy.distill.{self.module}"), self.function)
+        return run(dataset, ipc, out, method_options(self.name, options), seed=seed, device=device)
 
 
 METHODS: dict[str, Method] = {
-    "mtt": _lazy("mtt", "run_mtt"),
-    "dm": _lazy("dm", "run_dm"),
-    "dc": _lazy("dc", "run_dc"),
-    "random": _lazy("subsets", "run_random"),
-    "herding": _lazy("subsets", "run_herding"),
+    m.name: m
+    for m in (
+        Method("mtt", "mtt", "run_mtt"),
+        Method("dm", "dm", "run_dm"),
+        Method("dc", "dc", "run_dc"),
+        Method("random", "subsets", "run_random"),
+        Method("herding", "subsets", "run_herding"),
+    )
 }
 
 
@@ -46,20 +55,23 @@ def distill(
     dataset,
     ipc: int,
     out: str | Path,
-    opts: dict[str, Any],
+    options: RecipeOptions | Mapping[str, Any] | None = None,
     *,
     seed: int = 0,
     device: torch.device | str = "auto",
 ) -> dict[str, Any]:
-    """Build a proxy of ``dataset`` with ``ipc`` images per class into ``out``."""
+    """Build a proxy of ``dataset`` with ``ipc`` images per class into ``out``.
+
+    ``options``: the method's options object or a mapping of its option names
+    (:mod:`nas_proxy.distill.options`); an option the method does not read is a UserError.
+    """
     from nas_proxy.distill.common import require_ipc
     from nas_proxy.runtime import resolve_device
 
-    if method not in METHODS:
-        raise UserError(f"--method {method}: unknown; known methods: {', '.join(METHODS)}")
+    checked = method_options(method, options)  # an unknown method or option: before any work
     require_ipc(dataset, ipc)
     return METHODS[method](
-        dataset, ipc, Path(out), dict(opts), seed=seed, device=resolve_device(device)
+        dataset, ipc, Path(out), checked, seed=seed, device=resolve_device(device)
     )
 
 

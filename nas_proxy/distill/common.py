@@ -5,10 +5,15 @@ A method supplies a ``step(iteration, generator) -> metrics`` function that upda
 tensors in place (through its optimizers). :func:`run_iterations` does the rest: it restores a
 checkpoint when one exists (tensors, optimizer states, RNG state, iteration), so a run killed
 with ``kill -9`` resumes to a result identical to an uninterrupted run.
+
+A checkpoint is one file, ``checkpoint.safetensors``, its iteration, fingerprint and optimizer
+layout in the header metadata: replaced in one rename, it can never pair new tensors with an
+old iteration. ``log.csv`` is cut back to the checkpoint's iteration on resume.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -19,11 +24,19 @@ import torch
 
 from nas_proxy.data import Dataset
 from nas_proxy.errors import UserError
-from nas_proxy.io import CsvLog, load_tensors, read_json, save_tensors, stable_hash, write_json
+from nas_proxy.io import (
+    CsvLog,
+    load_tensors_and_metadata,
+    read_json,
+    save_figure,
+    save_tensors,
+    stable_hash,
+)
 from nas_proxy.runtime import progress
 
-CHECKPOINT_TENSORS = "checkpoint.safetensors"
-CHECKPOINT_META = "checkpoint.json"
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT_META = "checkpoint.json"  # beside the tensors, before the one-file format
+LOG = "log.csv"
 
 
 class DistillDiverged(RuntimeError):
@@ -118,16 +131,28 @@ def save_image_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def _rng_tensor(generator: torch.Generator) -> torch.Tensor:
     return generator.get_state()
+
+
+def read_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The tensors and metadata (iteration, fingerprint, wall_s, optimizers, settings) of the
+    checkpoint in ``out``, or None when there is none."""
+    if not (out / CHECKPOINT).is_file():
+        return None
+    tensors, header = load_tensors_and_metadata(out / CHECKPOINT)
+    if "checkpoint" in header:
+        return tensors, json.loads(header["checkpoint"])
+    if (out / LEGACY_CHECKPOINT_META).is_file():
+        return tensors, read_json(out / LEGACY_CHECKPOINT_META)
+    raise UserError(
+        f"{out / CHECKPOINT}: not a checkpoint (no metadata); delete it or use another --out"
+    )
 
 
 def run_iterations(
@@ -156,16 +181,15 @@ def run_iterations(
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = stable_hash(settings)
     generator = torch.Generator().manual_seed(seed)
-    start_it = 0
-    meta_path = out / CHECKPOINT_META
-    if meta_path.exists():
-        meta = read_json(meta_path)
+    start_it, wall_before = 0, 0.0
+    found = read_checkpoint(out)
+    if found is not None:
+        state, meta = found
         if meta.get("fingerprint") != fingerprint:
             raise UserError(
                 f"{out} holds a checkpoint of a run with other settings; use another "
                 "--out or delete the folder"
             )
-        state = load_tensors(out / CHECKPOINT_TENSORS)
         with torch.no_grad():
             for name, t in tensors.items():
                 t.copy_(state[f"tensor.{name}"].to(t.device))
@@ -179,7 +203,7 @@ def run_iterations(
                 f"--iterations {iterations}; ask for at least {start_it} or use "
                 "another --out"
             )
-    wall_before = float(read_json(meta_path)["wall_s"]) if meta_path.exists() else 0.0
+        wall_before = float(meta["wall_s"])
 
     def checkpoint(it: int, wall: float) -> None:
         flat = {f"tensor.{k}": v.detach() for k, v in tensors.items()}
@@ -189,21 +213,24 @@ def run_iterations(
             flat.update(t)
             opt_meta[name] = m
         flat["rng"] = _rng_tensor(generator)
-        save_tensors(out / CHECKPOINT_TENSORS, flat)
-        write_json(
-            meta_path,
-            {
-                "iteration": it,
-                "fingerprint": fingerprint,
-                "wall_s": wall,
-                "optimizers": opt_meta,
-                "settings": settings,
-            },
-        )
+        meta = {
+            "iteration": it,
+            "fingerprint": fingerprint,
+            "wall_s": wall,
+            "optimizers": opt_meta,
+            "settings": settings,
+        }
+        header = {"checkpoint": json.dumps(meta, sort_keys=True, default=str)}
+        save_tensors(out / CHECKPOINT, flat, metadata=header)
+        (out / LEGACY_CHECKPOINT_META).unlink(missing_ok=True)
         if on_checkpoint is not None:
             on_checkpoint(it)
 
-    log = CsvLog(out / "log.csv", ("iteration", *log_fields, "wall_s"), resume=start_it > 0)
+    log = CsvLog(
+        out / LOG,
+        ("iteration", *log_fields, "wall_s"),
+        keep=lambda row: _logged_up_to(row, start_it),
+    )
     t0 = time.perf_counter()
     bar = progress(
         range(start_it, iterations), desc=desc, unit="it", initial=start_it, total=iterations
@@ -233,6 +260,17 @@ def run_iterations(
         "resumed_from": start_it,
         "wall_s": wall_before + time.perf_counter() - t0,
     }
+
+
+def _logged_up_to(row: dict[str, str], iteration: int) -> bool:
+    """Whether a log row is whole and of an iteration up to ``iteration`` (a resume keeps
+    those; a line a kill cut short has fewer fields than the header and goes)."""
+    if None in row.values():
+        return False
+    try:
+        return int(row["iteration"]) <= iteration
+    except (KeyError, ValueError):
+        return False
 
 
 def _optimizer_state_to(

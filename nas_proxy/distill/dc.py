@@ -8,7 +8,7 @@ layer-wise cosine distance between the two, then trains the network ``inner_loop
 synthetic set (through :func:`nas_proxy.train.train_model`) so later rounds match gradients
 along a training trajectory rather than only at initialisation.
 
-opts read (defaults are CPU-scale; the papers' GPU settings in brackets):
+Options: ``options.DCOptions`` (defaults are CPU-scale; the papers' GPU settings in brackets):
 
 - ``iterations`` (50 [1000]): each with a new network.
 - ``outer_loop`` / ``inner_loop`` (the papers' table by IPC: 1→1/1, 10→10/50, 20→20/25,
@@ -27,7 +27,7 @@ frozen (as the reference does), since a one-class batch has different statistics
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,10 @@ from torch import nn
 
 from nas_proxy.data import Dataset
 from nas_proxy.distill.common import sample_real
-from nas_proxy.distill.subsets import (
-    fresh_net,
+from nas_proxy.distill.options import DCOptions, method_options
+from nas_proxy.distill.subsets import fresh_net
+from nas_proxy.distill.synthetic import (
     optimize_synthetic,
-    option,
     pick_spec,
     prepare_synthetic,
     siamese_dsa,
@@ -101,18 +101,21 @@ def freeze_batch_norm(net: nn.Module, real: list[torch.Tensor], per_class: int =
 
 
 def run_dc(
-    dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+    dataset: Dataset,
+    ipc: int,
+    out: Path,
+    options: DCOptions | Mapping[str, Any] | None = None,
+    *,
+    seed: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     """Distil ``ipc`` images per class by gradient matching; write the proxy to ``out``."""
-    setup = prepare_synthetic(dataset, ipc, opts, method="dc", seed=seed, device=device)
-    iterations = option(opts, "iterations", 50)
+    o = method_options("dc", options)
+    setup = prepare_synthetic(dataset, ipc, o, method="dc", seed=seed, device=device)
     outer_default, inner_default = default_loops(ipc)
-    outer_loop = option(opts, "outer_loop", outer_default)
-    inner_loop = option(opts, "inner_loop", inner_default)
-    lr_img = option(opts, "lr_img", 0.1)
-    momentum = option(opts, "momentum", 0.5)
-    lr_net = option(opts, "lr_net", 0.01)
-    batch_real = option(opts, "batch_real", 64)
+    outer_loop = outer_default if o.outer_loop is None else o.outer_loop
+    inner_loop = inner_default if o.inner_loop is None else o.inner_loop
+    lr_img, momentum, lr_net, batch_real = o.lr_img, o.momentum, o.lr_net, o.batch_real
     optimizer = torch.optim.SGD([setup.images], lr=lr_img, momentum=momentum)
     settings = {
         **setup.settings,
@@ -160,12 +163,10 @@ def run_dc(
         dataset,
         ipc,
         out,
-        opts,
+        o,
         method="dc",
         step=step,
         optimizer=optimizer,
         settings=settings,
-        iterations=iterations,
         seed=seed,
-        checkpoint_every=10,
     )

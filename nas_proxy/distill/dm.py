@@ -5,7 +5,7 @@ embedding (the features the network feeds its classifier) of the synthetic image
 of a real batch, both under the same (siamese) DSA transform. No network is ever trained, which
 makes DM cheap: one forward of a real batch and one forward/backward of the synthetic set.
 
-opts read (defaults are CPU-scale; the paper's GPU settings in brackets):
+Options: ``options.DMOptions`` (defaults are CPU-scale; the paper's GPU settings in brackets):
 
 - ``iterations`` (200 [20000]): each with a new random network.
 - ``lr_img`` (1.0 [1.0]) and ``momentum`` (0.5 [0.5]): SGD on the synthetic images.
@@ -18,6 +18,7 @@ opts read (defaults are CPU-scale; the paper's GPU settings in brackets):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,10 @@ from torch import nn
 
 from nas_proxy.data import Dataset
 from nas_proxy.distill.common import sample_real
-from nas_proxy.distill.subsets import (
-    classifier_input,
-    fresh_net,
+from nas_proxy.distill.options import DMOptions, method_options
+from nas_proxy.distill.subsets import classifier_input, fresh_net
+from nas_proxy.distill.synthetic import (
     optimize_synthetic,
-    option,
     pick_spec,
     prepare_synthetic,
     siamese_dsa,
@@ -62,14 +62,18 @@ def dm_loss(
 
 
 def run_dm(
-    dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+    dataset: Dataset,
+    ipc: int,
+    out: Path,
+    options: DMOptions | Mapping[str, Any] | None = None,
+    *,
+    seed: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     """Distil ``ipc`` images per class by distribution matching; write the proxy to ``out``."""
-    setup = prepare_synthetic(dataset, ipc, opts, method="dm", seed=seed, device=device)
-    iterations = option(opts, "iterations", 200)
-    lr_img = option(opts, "lr_img", 1.0)
-    momentum = option(opts, "momentum", 0.5)
-    batch_real = option(opts, "batch_real", 64)
+    o = method_options("dm", options)
+    setup = prepare_synthetic(dataset, ipc, o, method="dm", seed=seed, device=device)
+    lr_img, momentum, batch_real = o.lr_img, o.momentum, o.batch_real
     optimizer = torch.optim.SGD([setup.images], lr=lr_img, momentum=momentum)
     settings = {**setup.settings, "lr_img": lr_img, "momentum": momentum, "batch_real": batch_real}
 
@@ -90,12 +94,10 @@ def run_dm(
         dataset,
         ipc,
         out,
-        opts,
+        o,
         method="dm",
         step=step,
         optimizer=optimizer,
         settings=settings,
-        iterations=iterations,
         seed=seed,
-        checkpoint_every=50,
     )

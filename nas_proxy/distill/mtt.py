@@ -10,8 +10,8 @@ step size, and scores the end point against the expert ``expert_epochs`` epochs 
 Images, the step size (and optionally soft labels) follow SGD with momentum 0.5 on that loss.
 Missing experts are trained first (:func:`nas_proxy.experts.ensure_experts`).
 
-opts read (defaults: :mod:`nas_proxy.distill.presets`; CPU defaults for digits/fashion-mnist,
-a ``preset`` for the published CIFAR settings):
+Options: ``options.MTTOptions`` (defaults: :mod:`nas_proxy.distill.presets`; CPU defaults for
+digits/fashion-mnist, a ``preset`` for the published CIFAR settings):
 
 - ``arch`` (list of specs), ``arch_order`` (round-robin | random)
 - ``experts`` (cache root; default ``<out>/../experts``), ``num_experts``, ``expert_lr``,
@@ -32,6 +32,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas_proxy.augment import dsa
+from nas_proxy.augment import dsa, whiten
 from nas_proxy.data import Dataset
 from nas_proxy.distill.common import (
     init_synthetic,
@@ -47,12 +48,14 @@ from nas_proxy.distill.common import (
     run_iterations,
     save_image_grid,
 )
+from nas_proxy.distill.options import MTTOptions, method_options
 from nas_proxy.distill.presets import resolve_options
 from nas_proxy.distill.proxy import save_proxy
 from nas_proxy.distill.subsets import resolve_dsa
 from nas_proxy.distill.unroll import unroll_sgd
 from nas_proxy.errors import UserError
-from nas_proxy.experts import ExpertCache, ExpertSettings, ensure_experts, whiten
+from nas_proxy.experts import ExpertCache, ensure_experts
+from nas_proxy.recipe import PROXY_RECIPE, ExpertSettings
 
 LR_EXPLODES = 100.0  # stop when the learned step size exceeds this multiple of its start
 # Autocast dtype of the inner steps' forwards; parameters, updates and the loss stay float32.
@@ -160,25 +163,25 @@ class MTTConfig:
     def recipe(self, lr: float) -> dict[str, Any]:
         """How candidates train on the proxy: the reference's evaluation recipe."""
         return {
+            **PROXY_RECIPE,
             "epochs": self.eval_epochs,
             "lr": lr,
-            "optimizer": "sgd",
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "schedule": "step",
             "batch_size": self.eval_batch_size,
             "augment": self.dsa,
         }
 
 
 def mtt_config(
-    dataset: Dataset, ipc: int, opts: dict[str, Any], device: torch.device | None = None
+    dataset: Dataset,
+    ipc: int,
+    options: MTTOptions | Mapping[str, Any] | None,
+    device: torch.device | None = None,
 ) -> MTTConfig:
-    """Merge defaults, dataset defaults, preset and ``opts``; check every value; resolve
+    """Merge defaults, dataset defaults, preset and ``options``; check every value; resolve
     ``precision=auto`` for ``device`` (default CPU)."""
     from nas_proxy.models import parse_spec
 
-    o = resolve_options(dataset.name, ipc, opts)
+    o = resolve_options(dataset.name, ipc, method_options("mtt", options).given())
     if o["arch_order"] not in ("round-robin", "random"):
         raise UserError(f"--arch-order {o['arch_order']}: expected round-robin or random")
     if o["init"] not in ("real", "noise"):
@@ -188,7 +191,7 @@ def mtt_config(
     zca = bool(o["zca"])
     if zca and not dataset.is_image:
         raise UserError(f"--zca needs an image dataset, '{dataset.name}' is not one")
-    strategy = resolve_dsa(dataset, o)
+    strategy = resolve_dsa(dataset, o["dsa"])
     soft = bool(o["soft_labels"])
     return MTTConfig(
         arch=[str(parse_spec(s)) for s in o["arch"]],
@@ -365,15 +368,21 @@ def lr_check(cfg: MTTConfig):
 
 
 def run_mtt(
-    dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+    dataset: Dataset,
+    ipc: int,
+    out: Path,
+    options: MTTOptions | Mapping[str, Any] | None = None,
+    *,
+    seed: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     """Distil ``ipc`` images per class by trajectory matching; write the proxy to ``out``."""
-    start = time.perf_counter()
+    start, options = time.perf_counter(), method_options("mtt", options)
     out = Path(out)
     require_ipc(dataset, ipc)
-    cfg = mtt_config(dataset, ipc, opts, device)
-    root = Path(opts["experts"]) if opts.get("experts") else out.parent / "experts"
-    students = _students(dataset, cfg, root, int(opts.get("workers") or 1), device)
+    cfg = mtt_config(dataset, ipc, options, device)
+    root = Path(options.experts) if options.experts else out.parent / "experts"
+    students = _students(dataset, cfg, root, options.workers or 1, device)
     experts_wall = time.perf_counter() - start
     zca = whiten(dataset)[1] if cfg.zca else None
     syn = Synthetic.create(dataset, ipc, cfg, zca, seed, device)

@@ -1,8 +1,9 @@
 """MTT hyperparameters: the published table, CPU-scale defaults, and how options are merged.
 
-Options are the ``opts`` keys of :func:`nas_proxy.distill.mtt.run_mtt` (the CLI's long flag names
-with ``_``). Precedence, lowest first: :data:`MTT_DEFAULTS`, the dataset's CPU default
-(:data:`DATASET_DEFAULTS`), the ``--preset``, then every option the user set.
+Options are the fields of :class:`nas_proxy.distill.options.MTTOptions` (the CLI's long flag
+names with ``_``); an option's library default is written once, in :data:`MTT_DEFAULTS`.
+Precedence, lowest first: :data:`MTT_DEFAULTS`, the dataset's CPU
+default (:data:`DATASET_DEFAULTS`), the ``--preset``, then every option the user set.
 
 Published table (Cazenavette et al., CVPR 2022, hyperparameter table of the appendix / repository
 issue #7; ConvNet depth 3 width 128 instance norm, 5000 iterations, experts trained 50 epochs with
@@ -106,7 +107,6 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {
         "arch": ["convnet:depth=2,width=32"],
         "iterations": 300,
-        "syn_steps": 20,
         "expert_epochs": 2,
         "max_start_epoch": 15,
         "num_experts": 8,
@@ -124,7 +124,6 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         # a timm model below a random subset; with MLP experts mixed in it lifted all of them.
         "arch": ["convnet:depth=3,width=32", "mlp"],
         "iterations": 400,
-        "syn_steps": 20,
         "expert_epochs": 2,
         "max_start_epoch": 4,
         "num_experts": 4,

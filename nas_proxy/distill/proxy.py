@@ -23,6 +23,7 @@ from nas_proxy.augment import ZCA
 from nas_proxy.data import Dataset
 from nas_proxy.errors import UserError
 from nas_proxy.io import file_sha256, load_tensors, read_json, save_tensors, write_json
+from nas_proxy.recipe import PROXY_RECIPE
 from nas_proxy.runtime import versions
 from nas_proxy.train import EpochCallback, TrainConfig, TrainResult, fit
 
@@ -30,18 +31,8 @@ FORMAT_VERSION = 1
 TENSORS_FILE = "proxy.safetensors"
 META_FILE = "proxy.json"
 
-# How candidates train on a proxy unless the proxy says otherwise: the MTT evaluation recipe
-# (SGD with momentum, step decay at half), scaled to a CPU budget.
-DEFAULT_RECIPE: dict[str, Any] = {
-    "epochs": 300,
-    "lr": 0.01,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "batch_size": 256,
-    "schedule": "step",
-    "augment": None,
-}
+# How candidates train on a proxy unless the proxy says otherwise (defined in nas_proxy/recipe.py).
+DEFAULT_RECIPE: dict[str, Any] = PROXY_RECIPE
 
 
 @dataclass
@@ -331,8 +322,9 @@ def train_on_proxy(
 ) -> tuple[nn.Module, TrainResult]:
     """Train ``spec`` from scratch on the proxy with its recipe; score on real data.
 
-    ``score_split`` is the real split reported as validation (``val`` for search decisions,
-    ``test`` for a final evaluation). BatchNorm statistics are recalibrated on real training
+    ``score_split``: ``val`` for search decisions (scored as the recipe's ``eval_every`` says,
+    reported as ``val_accuracy``) or ``test`` for a final evaluation (scored once, after
+    training, reported as ``test_accuracy``). BatchNorm statistics are recalibrated on real training
     images before scoring unless ``recalibrate_norm=False`` is passed.
     """
     check_compatible(proxy, dataset)
@@ -341,6 +333,7 @@ def train_on_proxy(
     if score_split not in split:
         raise UserError(f"score split '{score_split}': expected val or test")
     x, y = split[score_split]
+    scored = (real_view(proxy, x), y)
     return fit(
         spec,
         proxy.images,
@@ -348,7 +341,8 @@ def train_on_proxy(
         cfg,
         num_classes=proxy.num_classes,
         device=device,
-        val=(real_view(proxy, x), y),
+        val=scored if score_split == "val" else None,
+        test=scored if score_split == "test" else None,
         recalibrate_x=real_view(proxy, dataset.train_x),
         on_epoch=on_epoch,
         desc=desc,
@@ -385,7 +379,7 @@ def evaluate_proxy(
                 desc=f"{proxy.method} {spec} seed {seed}",
                 **overrides,
             )
-            accuracies.append(res.val_accuracy)  # score_split="test": reported as val
+            accuracies.append(res.test_accuracy)
         rows.append(
             {
                 "proxy": str(proxy.path),

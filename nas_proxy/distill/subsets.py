@@ -2,12 +2,13 @@
 
 Both write the same proxy format as MTT, so search and rank can put them side by side.
 
-``run_random`` reads only the recipe opts (``dsa``, ``eval_epochs``, ``eval_batch_size``; see
-:func:`eval_recipe`): it keeps ``ipc`` seeded random training images
-per class (the same draw as ``init_synthetic(..., "real", seed)``, so a DM/DC run with the same
-seed starts from exactly this subset).
+Options are the frozen dataclasses of :mod:`nas_proxy.distill.options` (their defaults are
+the only ones). ``run_random`` reads only the recipe options (``RecipeOptions``: ``dsa``,
+``eval_epochs``, ``eval_batch_size``; see :func:`eval_recipe`): it keeps ``ipc`` seeded random
+training images per class (the same draw as ``init_synthetic(..., "real", seed)``, so a DM/DC
+run with the same seed starts from exactly this subset).
 
-``run_herding`` reads:
+``run_herding`` reads ``HerdingOptions``:
 
 - ``arch`` (list of specs, first used; default ``convnet:depth=3,width=32``): feature network.
 - ``herding_features`` (``trained`` | ``random``, default ``trained``): ``trained`` trains the
@@ -24,8 +25,7 @@ the sample that keeps the running mean of the chosen features closest to the cla
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,74 +37,58 @@ from nas_proxy.distill.common import (
     class_indices,
     init_synthetic,
     require_ipc,
-    run_iterations,
     save_image_grid,
 )
+from nas_proxy.distill.options import HerdingOptions, RecipeOptions, method_options
 from nas_proxy.distill.proxy import save_proxy
 from nas_proxy.errors import UserError
-
-# The ConvNet of the distillation literature, scaled to CPU (the default candidate).
-DEFAULT_ARCH = "convnet:depth=3,width=32"
-
 
 # ---------------------------------------------------------------------------------------------
 # Shared by every baseline (random, herding, DM, DC)
 
 
-def option(opts: dict[str, Any], key: str, default: Any) -> Any:
-    """``opts[key]`` cast to the default's type; the default when absent or None (the CLI
-    passes None for flags the user did not give, so each method keeps its own defaults)."""
-    value = opts.get(key)
-    return default if value is None else type(default)(value)
-
-
-def arch_list(opts: dict[str, Any]) -> list[str]:
-    """Architecture specs from ``opts['arch']`` (a string or a list), parsed strictly."""
+def parse_specs(arch: Sequence[str]) -> list[str]:
+    """Canonical architecture specs, parsed strictly."""
     from nas_proxy.models import parse_spec
 
-    arch = opts.get("arch") or [DEFAULT_ARCH]
-    specs = [arch] if isinstance(arch, str) else list(arch)
-    return [str(parse_spec(s)) for s in specs]
+    return [str(parse_spec(s)) for s in arch]
 
 
-def resolve_dsa(dataset: Dataset, opts: dict[str, Any]) -> str | None:
-    """DSA strategy from ``opts['dsa']``: absent/None/True/'dsa' → the dataset's default,
-    False/'none' → no augmentation, any other string → that strategy (checked). Vector
-    datasets never augment."""
-    from nas_proxy.augment import dsa_strategy_for, parse_strategy
+def resolve_dsa(dataset: Dataset, value: bool | str | None) -> str | None:
+    """The DSA strategy a distillation runs with: on (the dataset's) unless ``value`` turns it
+    off or names another (:func:`nas_proxy.augment.resolve_strategy`); vector datasets never
+    augment."""
+    from nas_proxy.augment import parse_strategy, resolve_strategy
 
-    value = opts.get("dsa")
-    value = True if value is None else value
-    text = str(value).strip().lower()
-    if not dataset.is_image or value is False or text in ("", "none", "false"):
+    if not dataset.is_image:
         return None
-    strategy = dsa_strategy_for(dataset.name) if text in ("true", "dsa", "default") else text
+    strategy = resolve_strategy(True if value is None else value, dataset.name)
     return strategy if parse_strategy(strategy) else None
 
 
-def real_space(dataset: Dataset, opts: dict[str, Any]):
+def real_space(dataset: Dataset, zca: bool, eps: float | None = None):
     """Training images in the space distillation works in, and the ZCA (or None) that maps
-    real images there (``opts['zca']`` true: whitened as the experts and MTT whiten, with
-    ``opts['zca_eps']`` when given)."""
-    from nas_proxy.experts import ZCA_EPS, whiten
+    real images there (``zca`` true: whitened as the experts and MTT whiten)."""
+    from nas_proxy.augment import ZCA_EPS, whiten
 
-    if not opts.get("zca") or not dataset.is_image:
+    if not zca or not dataset.is_image:
         return dataset.train_x, None
-    white, zca = whiten(dataset, option(opts, "zca_eps", ZCA_EPS))
-    return white.train_x, zca
+    white, transform = whiten(dataset, ZCA_EPS if eps is None else eps)
+    return white.train_x, transform
 
 
-def eval_recipe(dataset: Dataset, opts: dict[str, Any]) -> dict[str, Any]:
+def eval_recipe(dataset: Dataset, options: RecipeOptions) -> dict[str, Any]:
     """The recipe candidates use on a baseline proxy: ``proxy.DEFAULT_RECIPE`` (save_proxy
     fills it in) plus the DSA strategy of :func:`resolve_dsa` (the dataset's by default),
     identical for every method so that their accuracies compare the data, not the training.
     Like MTT, ``dsa`` decides both how a proxy is built and how candidates train on it (so
     ``dsa: none`` gives an unaugmented recipe, which fast tests rely on); ``eval_epochs`` /
     ``eval_batch_size`` override the rest as they do for MTT."""
-    recipe: dict[str, Any] = {"augment": resolve_dsa(dataset, opts)}
-    for key, field in (("eval_epochs", "epochs"), ("eval_batch_size", "batch_size")):
-        if opts.get(key) is not None:
-            recipe[field] = int(opts[key])
+    recipe: dict[str, Any] = {"augment": resolve_dsa(dataset, options.dsa)}
+    if options.eval_epochs is not None:
+        recipe["epochs"] = options.eval_epochs
+    if options.eval_batch_size is not None:
+        recipe["batch_size"] = options.eval_batch_size
     return recipe
 
 
@@ -116,7 +100,7 @@ def write_proxy(
     method: str,
     dataset: Dataset,
     ipc: int,
-    opts: dict[str, Any],
+    options: RecipeOptions,
     settings: dict[str, Any],
     iterations: int,
     wall_s: float,
@@ -132,7 +116,7 @@ def write_proxy(
         method=method,
         dataset=dataset,
         ipc=ipc,
-        recipe=eval_recipe(dataset, opts),
+        recipe=eval_recipe(dataset, options),
         settings=settings,
         zca=zca,
         wall_s=wall_s,
@@ -192,163 +176,22 @@ def fresh_net(
     return net.to(device).train()
 
 
-def siamese_dsa(
-    real: torch.Tensor, syn: torch.Tensor, strategy: str | None, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment a real and a synthetic batch from the same generator state (DSA's siamese
-    augmentation: both see the same op, with the same parameter stream)."""
-    from nas_proxy.augment import dsa
-
-    if strategy is None:
-        return real, syn
-    state = generator.get_state()
-    real = dsa(real, strategy, generator=generator)
-    generator.set_state(state)
-    return real, dsa(syn, strategy, generator=generator)
-
-
-@dataclass
-class SyntheticSetup:
-    """What DM and DC start from: learnable images (class-ordered, ``ipc`` per class), their
-    labels, real training images per class in the same space, and the shared settings."""
-
-    images: torch.Tensor  # leaf on the device, requires grad
-    labels: torch.Tensor
-    real_by_class: list[torch.Tensor]
-    specs: list[str]
-    strategy: str | None
-    zca: Any
-    settings: dict[str, Any]
-
-
-def prepare_synthetic(
-    dataset: Dataset,
-    ipc: int,
-    opts: dict[str, Any],
-    *,
-    method: str,
-    seed: int,
-    device: torch.device,
-) -> SyntheticSetup:
-    """Validate, initialise the synthetic set (``opts['init']``: real | noise) and move the
-    real data to ``device`` once."""
-    require_ipc(dataset, ipc)
-    if not dataset.is_image:
-        raise UserError(f"--method {method} needs an image dataset, '{dataset.name}' is not")
-    specs, strategy = arch_list(opts), resolve_dsa(dataset, opts)
-    train_x, zca = real_space(dataset, opts)
-    init = option(opts, "init", "real")
-    images, labels = init_synthetic(dataset, ipc, init, seed=seed)
-    if zca is not None and init == "real":
-        images = zca.transform(images)
-    by_class = class_indices(dataset.train_y, dataset.num_classes)
-    settings = {
-        "method": method,
-        "dataset": dataset.name,
-        "dataset_checksum": dataset.checksum,
-        "ipc": ipc,
-        "arch": specs,
-        "dsa": strategy,
-        "zca": zca is not None,
-        "zca_eps": zca.eps if zca is not None else None,
-        "init": init,
-        "seed": seed,
-    }
-    return SyntheticSetup(
-        images=images.to(device).requires_grad_(True),
-        labels=labels,
-        real_by_class=[train_x[idx].to(device) for idx in by_class],
-        specs=specs,
-        strategy=strategy,
-        zca=zca,
-        settings=settings,
-    )
-
-
-def pick_spec(specs: list[str], generator: torch.Generator) -> str:
-    """One architecture per iteration, uniformly (multi-architecture distillation)."""
-    return specs[int(torch.randint(len(specs), (1,), generator=generator))]
-
-
-def save_grid(setup: SyntheticSetup, dataset: Dataset, path: Path, title: str) -> None:
-    """Picture of the current synthetic images (de-whitened when ZCA is on)."""
-    images = setup.images.detach().cpu()
-    if setup.zca is not None:
-        images = setup.zca.inverse(images)
-    save_image_grid(
-        images, setup.labels, path, dataset.mean, dataset.std, classes=dataset.classes, title=title
-    )
-
-
-def optimize_synthetic(
-    setup: SyntheticSetup,
-    dataset: Dataset,
-    ipc: int,
-    out: Path,
-    opts: dict[str, Any],
-    *,
-    method: str,
-    step: Callable[[int, torch.Generator], dict[str, float]],
-    optimizer: torch.optim.Optimizer,
-    settings: dict[str, Any],
-    iterations: int,
-    seed: int,
-    checkpoint_every: int,
-) -> dict[str, Any]:
-    """The shared tail of DM and DC: :func:`common.run_iterations` (checkpoints, resume,
-    divergence stop, log.csv, grid at checkpoints), then the proxy and its summary."""
-    out = Path(out)
-    losses: list[float] = []
-
-    def logged_step(it: int, g: torch.Generator) -> dict[str, float]:
-        metrics = step(it, g)
-        losses.append(metrics["loss"])
-        return metrics
-
-    run = run_iterations(
-        out=out,
-        iterations=iterations,
-        step=logged_step,
-        tensors={"images": setup.images},
-        optimizers={"images": optimizer},
-        settings=settings,
-        seed=seed,
-        checkpoint_every=option(opts, "checkpoint_every", checkpoint_every),
-        on_checkpoint=lambda it: (
-            it < iterations
-            and save_grid(  # write_proxy draws the last
-                setup, dataset, out / "grid.png", f"{method}, iteration {it}"
-            )
-        ),
-        desc=method,
-    )
-    return write_proxy(
-        out,
-        setup.images.detach(),
-        setup.labels,
-        method=method,
-        dataset=dataset,
-        ipc=ipc,
-        opts=opts,
-        settings={**settings, "iterations": iterations},
-        iterations=iterations,
-        wall_s=run["wall_s"],
-        zca=setup.zca,
-        loss=losses[-1] if losses else None,
-        resumed_from=run["resumed_from"],
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # random
 
 
 def run_random(
-    dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+    dataset: Dataset,
+    ipc: int,
+    out: Path,
+    options: RecipeOptions | Mapping[str, Any] | None = None,
+    *,
+    seed: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     """A seeded random real subset with ``ipc`` images per class."""
     del device  # nothing to compute
-    start = time.perf_counter()
+    start, options = time.perf_counter(), method_options("random", options)
     require_ipc(dataset, ipc)
     images, labels = init_synthetic(dataset, ipc, "real", seed=seed)
     return write_proxy(
@@ -358,7 +201,7 @@ def run_random(
         method="random",
         dataset=dataset,
         ipc=ipc,
-        opts=opts,
+        options=options,
         settings={"seed": seed},
         iterations=0,
         wall_s=time.perf_counter() - start,
@@ -400,17 +243,21 @@ def herding_select(features: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def herding_features(
-    dataset: Dataset, opts: dict[str, Any], *, seed: int, device: torch.device
+    dataset: Dataset,
+    options: HerdingOptions | Mapping[str, Any] | None,
+    *,
+    seed: int,
+    device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Training-split features for herding and the settings that determined them."""
     from nas_proxy.train import TrainConfig, fit
 
-    spec = arch_list(opts)[0]
-    kind = option(opts, "herding_features", "trained")
+    options = method_options("herding", options)
+    spec = parse_specs(options.arch)[0]
+    kind = options.herding_features
     settings: dict[str, Any] = {"arch": spec, "features": kind}
     if kind == "trained":
-        epochs = option(opts, "herding_epochs", 2)
-        lr = option(opts, "herding_lr", 0.05)
+        epochs, lr = options.herding_epochs, options.herding_lr
         cfg = TrainConfig(
             epochs=epochs, lr=lr, batch_size=128, schedule="cosine", eval_every=0, seed=seed
         )
@@ -432,12 +279,18 @@ def herding_features(
 
 
 def run_herding(
-    dataset: Dataset, ipc: int, out: Path, opts: dict[str, Any], *, seed: int, device: torch.device
+    dataset: Dataset,
+    ipc: int,
+    out: Path,
+    options: HerdingOptions | Mapping[str, Any] | None = None,
+    *,
+    seed: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     """Per class, the ``ipc`` training images herding picks in a network's feature space."""
-    start = time.perf_counter()
+    start, options = time.perf_counter(), method_options("herding", options)
     require_ipc(dataset, ipc)
-    features, settings = herding_features(dataset, opts, seed=seed, device=device)
+    features, settings = herding_features(dataset, options, seed=seed, device=device)
     by_class = class_indices(dataset.train_y, dataset.num_classes)
     chosen = torch.cat([idx[herding_select(features[idx], ipc)] for idx in by_class])
     labels = torch.arange(dataset.num_classes).repeat_interleave(ipc)
@@ -448,7 +301,7 @@ def run_herding(
         method="herding",
         dataset=dataset,
         ipc=ipc,
-        opts=opts,
+        options=options,
         settings={**settings, "seed": seed},
         iterations=0,
         wall_s=time.perf_counter() - start,

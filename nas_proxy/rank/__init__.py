@@ -27,7 +27,7 @@ __all__ = [
 # The ranking machinery (ground truth, proxies side by side, reports) imports torch and pandas;
 # it is loaded on first use so that ``import nas_proxy.rank`` for the metrics stays light.
 _LAZY = {
-    "rank": "nas_proxy.rank.compare",
+    "rank": "nas_proxy.rank.api",
     "rank_candidates": "nas_proxy.rank.compare",
     "Candidate": "nas_proxy.rank.candidates",
     "load_candidates_file": "nas_proxy.rank.candidates",

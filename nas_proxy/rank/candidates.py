@@ -1,14 +1,14 @@
 """Which architectures to rank: a YAML list of specs, or a sample of an Optuna study's trials.
 
-The study is read through Optuna itself (``optuna.load_study`` and each trial's user attributes,
-docs/architecture.md, "File formats"), so rank does not depend on the search stage's code.
+The study is read through its record format (nas_proxy/study_records.py, docs/architecture.md,
+"File formats"), which sits below both search and rank: rank does not import the search stage.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,13 @@ import yaml
 from nas_proxy.errors import UserError
 from nas_proxy.models import parse_spec
 from nas_proxy.rank.metrics import stratified_sample
+from nas_proxy.study_records import (
+    FULL_SCORE_PREFIX,
+    open_study,
+    promoted_scores,
+    record_full_score,
+)
+from nas_proxy.study_storage import redact
 
 log = logging.getLogger(__name__)  # under the "nas_proxy" logger: configured by the user
 
@@ -30,6 +37,8 @@ class Candidate:
     trial: int | None = None
     proxy_score: float | None = None
     proxy_wall_s: float | None = None
+    # Real-data val scores that ``search --promote`` already paid for: {epochs: (score, cost_s)}
+    promoted: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 def _canonical(where: str, spec: Any) -> tuple[str, str]:
@@ -69,10 +78,8 @@ def load_study(storage: str, study_name: str):
 
     ``storage`` is what ``search --storage`` accepts (``sqlite:///…``, ``postgresql://…``, a
     journal file ``…/study.log`` or ``journal:///path``), opened by the search's own
-    :func:`nas_proxy.search.study.open_study` (drivers, SQLite tuning, the errors).
+    :func:`nas_proxy.study_records.open_study` (drivers, SQLite tuning, the errors).
     """
-    from nas_proxy.search.study import open_study, redact
-
     # Optuna's own log level is the user's to set (loading a study logs nothing at INFO).
     study = open_study(storage, study_name)
     log.info("loaded study %s from %s", study_name, redact(storage))
@@ -80,10 +87,12 @@ def load_study(storage: str, study_name: str):
 
 
 def study_trials(study) -> list[Candidate]:
-    """Finished trials with an ``arch`` attribute and a finite proxy score, one per spec."""
+    """Finished trials with an ``arch`` attribute and a finite proxy score, one per spec, with
+    the real-data scores promotion recorded for them."""
     import optuna
 
     out: dict[str, Candidate] = {}
+    promoted = promoted_scores(study)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         arch = t.user_attrs.get("arch")
         score = t.user_attrs.get("proxy_score", t.value if len(t.values or []) == 1 else None)
@@ -99,6 +108,11 @@ def study_trials(study) -> list[Candidate]:
             trial=t.number,
             proxy_score=float(score),
             proxy_wall_s=None if wall is None else float(wall),
+            promoted={
+                epochs: (float(r["score"]), float(r["cost_s"]))
+                for epochs, records in promoted.items()
+                if (r := records.get(t.number)) is not None
+            },
         )
     return list(out.values())
 
@@ -119,11 +133,6 @@ def sample_study(study, n: int, top_k: int, seed: int) -> list[Candidate]:
     return [trials[i] for i in chosen]
 
 
-# Same convention as the search stage's ``set_full_score``/``full_scores`` (which rank may not
-# import): one study user attribute per trial, so concurrent writers never overwrite each other.
-FULL_SCORE_PREFIX = "full_score:"
-
-
 def record_full_scores(study, scores: dict[int, float | None]) -> str:
     """Write each trial's ``full_score`` back to the study; returns where it went.
 
@@ -132,7 +141,7 @@ def record_full_scores(study, scores: dict[int, float | None]) -> str:
     """
     for number, value in scores.items():
         if value is not None and math.isfinite(value):
-            study.set_user_attr(f"{FULL_SCORE_PREFIX}{int(number)}", float(value))
+            record_full_score(study, number, value)
     return f"study user attributes '{FULL_SCORE_PREFIX}<trial number>'"
 
 

@@ -1,6 +1,7 @@
 """Several proxies ranked against the same full-data ground truth, on the same candidates.
 
-:func:`rank_candidates` is the library function behind ``nas-proxy rank``: it scores every
+:func:`rank_candidates` does the work of ``nas-proxy rank`` (whose entry point, reading the
+candidates from a study or a file, is :func:`nas_proxy.rank.api.rank`): it scores every
 candidate with the ground truth (R seeds, the noise ceiling) and with each proxy (distilled or
 subset proxies, short full-data training, zero-cost scores), computes the rank metrics over all
 candidates *and* over the best ones by full score, and writes the report.
@@ -8,6 +9,7 @@ candidates *and* over the best ones by full score, and writes the report.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import defaultdict
@@ -59,6 +61,36 @@ class ProxyColumn:
         return float(np.mean(known)) + (self.amortized_s or 0.0) / max(n, 1)
 
 
+def ensemble_column(name: str, members: Sequence[ProxyColumn]) -> ProxyColumn:
+    """Average the members' per-candidate ranks (as fractions, higher = better) into one score.
+
+    Proxies distilled with different seeds err in different places; averaging their ranks,
+    not their raw accuracies, keeps one proxy with a wider accuracy spread from outweighing the
+    others. A candidate missing from a member is scored by the others. It costs every member:
+    their training seconds add up, and so do their builds.
+    """
+    if not members:
+        raise UserError(f"ensemble '{name}': no members")
+    n = len(members[0].scores)
+    fractions = []
+    for m in members:
+        r = ranks(np.array([np.nan if v is None else v for v in m.scores], dtype=float))
+        fractions.append(1.0 - (r - 1.0) / max(np.sum(np.isfinite(r)) - 1, 1))
+    stacked = np.vstack(fractions)
+    known = np.isfinite(stacked).sum(axis=0)
+    mean = np.where(known > 0, np.nansum(stacked, axis=0) / np.maximum(known, 1), np.nan)
+    walls = [[m.wall_s[i] for m in members] for i in range(n)]
+    builds = [m.amortized_s for m in members]
+    return ProxyColumn(
+        name,
+        members[0].kind,
+        [None if not np.isfinite(v) else float(v) for v in mean],
+        [None if any(w is None for w in ws) else float(sum(ws)) for ws in walls],
+        None if any(b is None for b in builds) else float(sum(builds)),
+        {"ensemble_of": [m.name for m in members]},
+    )
+
+
 def build_cost(
     meta: dict[str, Any], path: str | Path, known: dict[str, float] | None = None
 ) -> float | None:
@@ -69,33 +101,53 @@ def build_cost(
     return known.get(str(Path(path).resolve()))
 
 
+def proxy_names(dirs: Sequence[str], methods: Sequence[str] | None = None) -> list[str]:
+    """The report's name of each proxy folder: its method, or ``method@folder`` when several
+    folders share one method (two MTT proxies). ``methods`` saves reading the proxies."""
+    if methods is None:
+        from nas_proxy.distill.proxy import load_proxy
+
+        methods = [load_proxy(d).method for d in dirs]
+    return [
+        m if list(methods).count(m) == 1 else f"{m}@{Path(d).name}"
+        for d, m in zip(dirs, methods, strict=True)
+    ]
+
+
 def proxy_scorers(
     dirs: Sequence[str],
     dataset_name: str,
     seed: int,
     overrides: dict[str, Any] | None = None,
     build_s: dict[str, float] | None = None,
+    tunings: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[Scorer]:
-    """A scorer per proxy folder: train on the proxy with its recipe, score on real val."""
+    """A scorer per proxy folder: train on the proxy with its recipe, score on real val.
+
+    ``tunings`` ({suffix: overrides}) adds, for every proxy, one more scorer named
+    ``NAME+suffix`` that trains with those overrides on top (e.g. ``{"lr-range": {"lr_scales":
+    [0.3, 1, 3]}}``: an lr range test per candidate).
+    """
     from nas_proxy.distill.proxy import load_proxy
 
     # Only the final score matters here (search needs per-epoch values to prune, rank does not).
-    overrides = {"eval_every": 0, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    base = {"eval_every": 0, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    variants = {"": base, **{f"+{k}": {**base, **v} for k, v in (tunings or {}).items()}}
     loaded = [load_proxy(d) for d in dirs]
-    methods = [p.method for p in loaded]
+    names = proxy_names(dirs, [p.method for p in loaded])
     out = []
-    for d, p in zip(dirs, loaded, strict=True):
+    for (d, p, name), (suffix, overrides) in itertools.product(
+        zip(dirs, loaded, names, strict=True), variants.items()
+    ):
         if p.meta.get("dataset") != dataset_name:
             raise UserError(
                 f"--proxy {d}: distilled from '{p.meta.get('dataset')}', but the "
                 f"ranking uses '{dataset_name}' (pass --dataset)"
             )
-        # Same method twice (two MTT proxies): tell them apart by folder name.
-        name = p.method if methods.count(p.method) == 1 else f"{p.method}@{Path(d).name}"
         out.append(
             Scorer(
                 "proxy",
-                name,
+                name + suffix,
                 {"proxy": p.meta.get("tensors_sha256"), "overrides": overrides},
                 seeds=(seed + PROXY_SEED_OFFSET,),
                 proxy_dir=str(Path(d).resolve()),
@@ -105,7 +157,9 @@ def proxy_scorers(
                     "ipc": p.meta.get("ipc"),
                     "dir": str(d),
                     "images": p.meta.get("images"),
-                    "samples_seen": p.train_config(**overrides).samples_seen(len(p.images)),
+                    # One training per lr scale when the lr is range-tested per candidate.
+                    "samples_seen": p.train_config(**overrides).samples_seen(len(p.images))
+                    * len(overrides.get("lr_scales") or [1]),
                 },
             )
         )
@@ -202,11 +256,13 @@ def rank_candidates(
     proxies: Sequence[str] = (),
     proxy_overrides: dict[str, Any] | None = None,
     proxy_build_s: dict[str, float] | None = None,
+    proxy_tunings: Mapping[str, dict[str, Any]] | None = None,
     search_proxy: dict[str, Any] | None = None,
     short_epochs: int | None = None,
     short_steps: Sequence[int] = (),
     short_match: bool = False,
     zero_cost: Sequence[str] = ZERO_COST,
+    ensembles: Mapping[str, Sequence[str]] | None = None,
     ceiling_seeds: int = 2,
     avoid_seeds: Sequence[int] = (),
     top_k: int = 5,
@@ -214,7 +270,7 @@ def rank_candidates(
     subsets: Mapping[str, Sequence[bool]] | None = None,
     project_to: int = PROJECT_TO,
     workers: int = 1,
-    device: str = "cpu",
+    device: str = "auto",
     seed: int = 0,
     cache_dir: str | Path | None = None,
     n_boot: int = 2000,
@@ -228,7 +284,8 @@ def rank_candidates(
     (``{"name", "amortized_s"}``); its scores are the candidates' ``proxy_score`` and it becomes
     the main proxy. Otherwise the main proxy is the first of ``proxies``, else short training,
     else the first zero-cost score. ``proxy_build_s`` ({proxy dir: seconds}) gives the cost of
-    building a proxy whose proxy.json does not record it. ``write_back(candidates,
+    building a proxy whose proxy.json does not record it; ``proxy_tunings`` adds variants of
+    every proxy's training (:func:`proxy_scorers`). ``write_back(candidates,
     full_scores)`` stores the ground truth where the candidates came from and says where.
     Ground-truth seeds are ``seed, seed+1, ...`` skipping ``avoid_seeds`` (the seed the search
     trained with: a ground-truth run from the same initial weights would share its luck).
@@ -236,7 +293,9 @@ def rank_candidates(
     Short full-data training (:func:`short_scorers`): ``short_epochs``, each of ``short_steps``,
     and with ``short_match`` one run per ``proxies`` entry at that proxy's training compute.
     ``subsets`` ({name: mask over candidates}, e.g. a benchmark's held-out half) get their own
-    metrics and headline table. Costs are reported amortised over the ranked candidates and
+    metrics and headline table. ``ensembles`` ({name: proxy names}) adds a column averaging
+    those proxies' ranks (:func:`ensemble_column`), e.g. one proxy distilled with several seeds.
+    Costs are reported amortised over the ranked candidates and
     over ``project_to`` (the size of a real search). Returns the summary (the ``--json``
     object).
     """
@@ -265,7 +324,9 @@ def rank_candidates(
         s for s in range(seed, seed + ceiling_seeds + len(avoid_seeds)) if s not in avoid_seeds
     ][:ceiling_seeds]
     gt = full_scorer(recipe, seeds=gt_seeds)
-    distilled = proxy_scorers(proxies, dataset.name, seed, proxy_overrides, proxy_build_s)
+    distilled = proxy_scorers(
+        proxies, dataset.name, seed, proxy_overrides, proxy_build_s, proxy_tunings
+    )
     short = short_scorers(
         recipe,
         len(dataset.train_y),
@@ -319,6 +380,16 @@ def rank_candidates(
                 dict(s.extra),
             )
         )
+
+    by_name = {c.name: c for c in columns}
+    for name, members in (ensembles or {}).items():
+        unknown = [m for m in members if m not in by_name]
+        if unknown:
+            raise UserError(
+                f"ensemble '{name}': no proxy named {', '.join(unknown)} "
+                f"(have: {', '.join(by_name)})"
+            )
+        columns.append(ensemble_column(name, [by_name[m] for m in members]))
 
     seeds_arr = by_seed if ceiling_seeds >= 2 else None
     common = {
@@ -545,121 +616,3 @@ def _table(
         df[f"proxy_rank:{col.name}"] = ranks(df[f"proxy_score:{col.name}"].astype(float))
         df[f"cost_s:{col.name}"] = col.wall_s
     return df
-
-
-def recipe_config(recipe: dict[str, Any], dataset_name: str, seed: int = 0) -> TrainConfig:
-    """The ground-truth recipe (flag values) as a TrainConfig; ``augment: dsa`` means the
-    dataset's default DSA strategy, ``none`` no augmentation."""
-    from nas_proxy.augment import dsa_strategy_for
-
-    fields = {k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__}
-    aug = fields.get("augment")
-    if aug is None or str(aug).lower() in ("", "none"):
-        fields["augment"] = None
-    elif str(aug).lower() == "dsa":
-        fields["augment"] = dsa_strategy_for(dataset_name)
-    # Ranking needs only the final score: skip per-epoch validation unless asked for.
-    fields.setdefault("eval_every", 0)
-    return TrainConfig(**{**fields, "seed": seed})
-
-
-def _search_proxy(
-    study, proxy_dir: str | None, build_s: dict[str, float] | None
-) -> tuple[dict[str, Any], str | None]:
-    """Name and distillation cost of the proxy a study was searched on (from its attributes)."""
-    from nas_proxy.distill.proxy import load_proxy
-
-    attrs = study.user_attrs
-    path = proxy_dir or attrs.get("proxy") or attrs.get("proxy_dir")
-    info: dict[str, Any] = {"name": "search", "amortized_s": None, "study": study.study_name}
-    dataset = attrs.get("dataset")
-    if path and Path(path).exists():
-        meta = load_proxy(path).meta
-        info.update(
-            name=f"{meta.get('method', 'search')} (search)",
-            amortized_s=build_cost(meta, path, build_s),
-            method=meta.get("method"),
-            dir=str(path),
-        )
-        dataset = dataset or meta.get("dataset")
-    return info, dataset
-
-
-def rank(
-    *,
-    out: str | Path,
-    recipe: dict[str, Any],
-    candidates_file: str | Path | None = None,
-    study: str | None = None,
-    storage: str | None = None,
-    study_proxy: str | None = None,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    download: bool = False,
-    train_limit: int | None = None,
-    proxies: Sequence[str] = (),
-    sample: int = 20,
-    top_k: int = 5,
-    seed: int = 0,
-    **options: Any,
-) -> dict[str, Any]:
-    """Candidates from a study (top_k + stratified sample of ``sample``) or a YAML file, ranked
-    by :func:`rank_candidates`; with a study, the full scores are written back to it.
-
-    The dataset is, in order: ``dataset``, the study's, the first proxy's, ``digits``.
-    ``options`` go to :func:`rank_candidates` (short_epochs, zero_cost, ceiling_seeds, ...).
-    """
-    from nas_proxy.distill.proxy import load_proxy
-    from nas_proxy.rank.candidates import (
-        load_candidates_file,
-        load_study,
-        record_full_scores,
-        sample_study,
-        search_seed,
-    )
-
-    if (candidates_file is None) == (study is None):
-        raise UserError(
-            "give exactly one of --study NAME (with --storage URL) or --candidates FILE"
-        )
-    if sample < 1 or top_k < 1:
-        raise UserError(f"--sample {sample} and --top-k {top_k} must be at least 1")
-    search_proxy, write_back = None, None
-    if study is not None:
-        if not storage:
-            raise UserError("--study needs --storage URL (the search's storage)")
-        st = load_study(storage, study)
-        cands = sample_study(st, sample, top_k, seed)
-        search_proxy, study_dataset = _search_proxy(st, study_proxy, options.get("proxy_build_s"))
-        dataset = dataset or study_dataset
-        source = {
-            "study": study,
-            "storage": storage,
-            "sampled": len(cands),
-            "search_seed": search_seed(st),
-        }
-        if source["search_seed"] is not None:
-            options.setdefault("avoid_seeds", [source["search_seed"]])
-
-        def write_back(cs: list[Candidate], full: list[float | None]) -> str:
-            return record_full_scores(st, {c.trial: v for c, v in zip(cs, full, strict=True)})
-    else:
-        cands = load_candidates_file(candidates_file)
-        source = {"candidates": str(candidates_file)}
-    if not dataset and proxies:
-        dataset = load_proxy(proxies[0]).meta.get("dataset")
-    data = DataRef(dataset or "digits", data_dir, download, train_limit)
-    summary = rank_candidates(
-        cands,
-        data=data,
-        recipe=recipe_config(recipe, data.name),
-        out=out,
-        proxies=proxies,
-        search_proxy=search_proxy,
-        top_k=top_k,
-        seed=seed,
-        source=source,
-        write_back=write_back,
-        **options,
-    )
-    return summary

@@ -16,7 +16,9 @@ scored on the real validation split (test accuracy is recorded beside it, never 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import multiprocessing
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -28,11 +30,11 @@ import torch
 from nas_proxy.errors import UserError
 from nas_proxy.io import stable_hash, write_json
 from nas_proxy.runtime import (
-    available_cores,
     cpu_info,
     init_worker_process,
     progress,
     versions,
+    worker_threads,
 )
 from nas_proxy.train import TrainConfig, TrainingDiverged
 
@@ -227,22 +229,13 @@ def _run(job: Job) -> dict[str, Any]:
             test=(data.test_x, data.test_y),
             desc=f"{s.name} {job.spec}",
         )
+        lr_scale, wall_s = None, res.wall_s
     else:
-        from nas_proxy.distill.proxy import train_on_proxy
-
-        _, res = train_on_proxy(
-            _proxy(s.proxy_dir),
-            data,
-            job.spec,
-            seed=job.seed,
-            device=job.device,
-            score_split="val",
-            desc=f"{s.name} {job.spec}",
-            **s.settings.get("overrides", {}),
-        )
+        res, lr_scale, wall_s = _train_on_proxy_tuned(job, data)
     return {
         "score": _score(res.val_accuracy, res.val_loss),
-        "wall_s": res.wall_s,
+        "wall_s": wall_s,
+        "lr_scale": lr_scale,
         "val_accuracy": res.val_accuracy,
         "val_loss": res.val_loss,
         "test_accuracy": res.test_accuracy,
@@ -253,6 +246,51 @@ def _run(job: Job) -> dict[str, Any]:
         # Per-epoch scores of full-data runs: any shorter ground truth can be read from them.
         "history": res.history if s.kind == "full" else None,
     }
+
+
+def _train_on_proxy_tuned(job: Job, data: Any) -> tuple[Any, float, float]:
+    """Train ``job.spec`` on the proxy once per learning-rate scale (``overrides["lr_scales"]``,
+    multiples of the proxy's own lr; just the proxy's lr when absent) and keep the best.
+
+    One lr learned for every architecture (MTT's) suits some families and starves others; a
+    small range test per candidate gives each its own, at the price of one training per scale,
+    all of which are billed (returns the best result, its scale and the summed seconds).
+    """
+    from nas_proxy.distill.proxy import train_on_proxy
+
+    s = job.scorer
+    proxy = _proxy(s.proxy_dir)
+    overrides = dict(s.settings.get("overrides", {}))
+    scales = [float(x) for x in overrides.pop("lr_scales", None) or [1.0]]
+    base_lr = proxy.train_config(**overrides).lr
+    best, best_score, best_scale, wall_s = None, -math.inf, scales[0], 0.0
+    for scale in scales:
+        lr = {"lr": base_lr * scale} if len(scales) > 1 else {}
+        start = time.perf_counter()
+        try:
+            _, res = train_on_proxy(
+                proxy,
+                data,
+                job.spec,
+                seed=job.seed,
+                device=job.device,
+                score_split="val",
+                desc=f"{s.name} {job.spec}" + (f" lr×{scale:g}" if lr else ""),
+                **{**overrides, **lr},
+            )
+        except TrainingDiverged:
+            if len(scales) == 1:
+                raise
+            wall_s += time.perf_counter() - start  # a diverged try was paid for too
+            continue  # too high an lr for this candidate: the other scales decide
+        wall_s += res.wall_s
+        score = _score(res.val_accuracy, res.val_loss)
+        if best is None or (score is not None and score > best_score):
+            best, best_scale = res, scale
+            best_score = -math.inf if score is None else score
+    if best is None:
+        raise TrainingDiverged(f"every lr scale diverged ({', '.join(map(str, scales))})")
+    return best, best_scale, wall_s
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -340,7 +378,7 @@ def run_jobs(
                     on_record(records[i])
                 bar.update()
         else:
-            threads = max(1, available_cores() // workers)
+            threads = worker_threads(workers)
             ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
             with ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from nas_proxy.io import atomic_write, write_json
+from nas_proxy.io import atomic_write, save_figure, write_json
 
 HEADERS = (
     "proxy",
@@ -66,6 +66,14 @@ def headline_headers(summary: dict[str, Any]) -> list[str]:
     """The headline's column names, with the projected search size in place of N."""
     n = str(summary.get("project_to", "N"))
     return [h.replace("@N", f"@{n}") for h in HEADERS]
+
+
+def headline_text(summary: dict[str, Any]) -> str:
+    """The headline table as aligned plain text, and where the report is (the CLI's output)."""
+    rows = [headline_headers(summary), *headline_rows(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([*lines, f"report: {summary['report']}"])
 
 
 def headline_rows(summary: dict[str, Any], block: dict[str, Any] | None = None) -> list[list[str]]:
@@ -304,7 +312,7 @@ def _figure():
 
 def _save(fig, path: Path) -> Path:
     plt = _figure()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
     return path
 

@@ -44,6 +44,7 @@ SCALARS = (
     "steps",
     "params",
     "flops",
+    "lr_scale",
     "error",
     "device",
     "created",

@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from nas_proxy.data import Dataset
 from nas_proxy.distill.proxy import Proxy, train_on_proxy
 from nas_proxy.errors import UserError
+from nas_proxy.search.liveness import POLL_S, owner_died_here
 from nas_proxy.search.space import SearchSpace
 from nas_proxy.train import TrainingDiverged
 
@@ -162,8 +163,6 @@ class Objective:
         trials never wait for each other. Stop waiting when its worker died on this host
         (the worker loop re-queues its trial) or was failed as stale.
         """
-        from nas_proxy.search.study import POLL_S, owner_died_here
-
         while True:
             running = None
             for t in study.get_trials(deepcopy=False):

@@ -32,7 +32,7 @@ from torch import nn
 from nas_proxy.data import Dataset, load_dataset
 from nas_proxy.distill.proxy import load_proxy
 from nas_proxy.errors import UserError
-from nas_proxy.io import write_json
+from nas_proxy.io import save_figure, write_json
 from nas_proxy.models import build_model
 from nas_proxy.runtime import resolve_device, seed_everything, versions
 from nas_proxy.theory import subspace
@@ -65,7 +65,7 @@ class TheoryConfig:
     eval_seeds: int = 3
     seed: int = 0
     device: str = "cpu"
-    out: Path = Path("runs/theory")
+    out: Path | None = None  # default runs/theory/METHOD: methods never share a folder
     distill_opts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,7 +85,7 @@ class TheoryConfig:
                 f"--scaling {','.join(map(str, self.scaling))}: every d must be at "
                 f"least k = {self.k}"
             )
-        self.out = Path(self.out)
+        self.out = Path(self.out) if self.out is not None else Path("runs/theory", self.method)
 
     @property
     def arch(self) -> str:
@@ -393,7 +393,7 @@ def make_plots(result: dict[str, Any], out: Path) -> dict[str, Path]:
     def save(fig, name: str) -> None:
         fig.tight_layout()
         paths[name] = out / f"{name}.png"
-        fig.savefig(paths[name], dpi=90)
+        save_figure(fig, paths[name], dpi=90)
         plt.close(fig)
 
     title = f"{result['method']}, d={result['d']}, k={result['k']}, {result['link']}"

@@ -1,0 +1,120 @@
+"""Replay search policies on the Fashion-MNIST ground truth: regret against compute.
+
+    python benchmarks/promote_replay.py [--replays 2000] [--out benchmarks/figures]
+
+Fidelities, from benchmarks/data/fmnist_ground_truth.csv (two seeds per candidate; a replay
+observes one seed's run per candidate, regret is judged on the seed-mean *test* accuracy):
+
+* full  = val_accuracy@8, cost train_s@8 (the unit of compute);
+* short = val_accuracy@1 (``short1``) and @2 (``short2``) of the same runs, cost train_s@1/@2.
+  These are epochs of the 8-epoch cosine schedule, not a schedule that ends after 1-2 epochs;
+* proxy = the distilled proxy's score per candidate from benchmarks/data/fmnist_proxy_scores.csv
+  (columns ``spec``, ``score``, optional ``wall_s``) when that file exists; until then the
+  zero-cost score ``params`` (bigger is better), cost 0.
+
+Writes a markdown table on stdout and ``regret_vs_budget.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from nas_proxy.rank.table import read_records_csv  # noqa: E402
+from nas_proxy.search.replay import Fidelity, Stage, plot_regret, replay, single, staged  # noqa: E402
+
+TABLE = ROOT / "data" / "fmnist_ground_truth.csv"
+PROXY_SCORES = ROOT / "data" / "fmnist_proxy_scores.csv"
+BUDGETS = (0.5, 1, 2, 3, 5, 8, 12)
+
+
+def load_fidelities(table: Path, proxy_scores: Path) -> tuple[dict[str, Fidelity], np.ndarray, str]:
+    """Fidelities per candidate (runs = seeds), the seed-mean test accuracy, the proxy's name."""
+    runs: dict[str, dict[int, dict]] = {}
+    for rec in read_records_csv(table):
+        if rec["kind"] == "full" and rec.get("history"):
+            runs.setdefault(rec["spec"], {})[rec["seed"]] = rec
+    specs = sorted(s for s, r in runs.items() if all(len(x["history"]) >= 8 for x in r.values()))
+    seeds = sorted({seed for s in specs for seed in runs[s]})
+
+    def per_run(epoch: int, field: str) -> np.ndarray:
+        return np.array(
+            [
+                [
+                    runs[s][k]["history"][epoch - 1].get(field, np.nan) if k in runs[s] else np.nan
+                    for k in seeds
+                ]
+                for s in specs
+            ],
+            dtype=float,
+        )
+
+    fid = {
+        "full": Fidelity(per_run(8, "val_accuracy"), per_run(8, "train_s")),
+        "short1": Fidelity(per_run(1, "val_accuracy"), per_run(1, "train_s")),
+        "short2": Fidelity(per_run(2, "val_accuracy"), per_run(2, "train_s")),
+    }
+    if proxy_scores.exists():
+        frame = pd.read_csv(proxy_scores).groupby("spec").mean(numeric_only=True)
+        score = frame["score"].reindex(specs).to_numpy(float)[:, None]
+        wall = frame["wall_s"] if "wall_s" in frame else pd.Series(0.0, index=frame.index)
+        fid["proxy"] = Fidelity(score, wall.reindex(specs).fillna(0).to_numpy(float)[:, None])
+        proxy_name = f"distilled proxy ({proxy_scores.name})"
+    else:
+        params = np.array([next(iter(runs[s].values()))["params"] for s in specs], dtype=float)
+        fid["proxy"] = Fidelity(params[:, None], np.zeros((len(specs), 1)))
+        proxy_name = "zero-cost params (distilled-proxy scores pending)"
+    truth = np.nanmean(per_run(8, "test_accuracy"), axis=1)
+    return fid, truth, proxy_name
+
+
+POLICIES = [
+    single("proxy"),
+    single("short1"),
+    single("short2"),
+    single("full"),
+    staged("proxy>short1 top .3>full", [Stage("proxy"), Stage("short1", 0.3), Stage("full")]),
+    staged("proxy>short1 top .5>full", [Stage("proxy"), Stage("short1", 0.5), Stage("full")]),
+    staged("proxy>short2 top .3>full", [Stage("proxy"), Stage("short2", 0.3), Stage("full")]),
+    staged("short1>full top 3", [Stage("short1"), Stage("full", 3)]),
+    staged("short1>full", [Stage("short1"), Stage("full")]),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replays", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "figures")
+    args = ap.parse_args()
+    fid, truth, proxy_name = load_fidelities(TABLE, PROXY_SCORES)
+    rows = replay(fid, POLICIES, BUDGETS, truth=truth, replays=args.replays, seed=args.seed)
+    n = truth.size
+    unit = float(np.nanmean(fid["full"].costs))
+    print(f"{n} candidates, proxy = {proxy_name}; 1 full training = {unit:.0f} s on average")
+    print(
+        f"regret = best seed-mean test accuracy - the pick's, in points; {args.replays} replays\n"
+    )
+    print("| policy | " + " | ".join(f"B={b:g}" for b in BUDGETS) + " |")
+    print("|---|" + "---|" * len(BUDGETS))
+    for p in POLICIES:
+        cells = [
+            f"{100 * r['regret_mean']:.2f} ± {100 * r['regret_std']:.2f}"
+            for r in rows
+            if r["policy"] == p.name
+        ]
+        print(f"| {p.name} | " + " | ".join(cells) + " |")
+    png = args.out / "regret_vs_budget.png"
+    plot_regret(rows, str(png), title=f"Fashion-MNIST, {n} candidates\nproxy: {proxy_name}")
+    print(f"\nplot: {png.relative_to(ROOT.parent) if png.is_relative_to(ROOT.parent) else png}")
+
+
+if __name__ == "__main__":
+    main()
