@@ -52,11 +52,14 @@ def search(
     storage: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    promote: Sequence[str] = (),
     **options: Any,
 ) -> dict[str, Any]:
     """Search the ``space`` (a YAML file or a shipped space's name) on ``proxy`` for ``trials``
-    finished trials; the study and trials.csv go to ``out`` (a rerun resumes). ``options``: the
-    rest of :func:`nas_proxy.search.run_search` (objectives, study_name, lr, max_params...)."""
+    finished trials; the study and trials.csv go to ``out`` (a rerun resumes). ``promote``: the
+    real-data stages that follow, lowest first, as ``--promote`` spells them (e.g.
+    ``["short:epochs=1,top=0.2", "full:epochs=15,top=3"]``). ``options``: the rest of
+    :func:`nas_proxy.search.run_search` (objectives, study_name, lr, max_params...)."""
     from nas_proxy.search import run_search
     from nas_proxy.search.space import resolve_space
 
@@ -72,6 +75,7 @@ def search(
         storage=storage,
         seed=seed,
         device=device,
+        promote=promote,
         **options,
     )
 

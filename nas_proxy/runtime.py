@@ -123,6 +123,8 @@ def cpu_info() -> dict[str, Any]:
         "flags": " ".join(f for f in CPU_FLAGS if f in flags),
         "cores": available_cores(),
         "threads": torch.get_num_threads(),
+        # Other jobs on the same cores slow a timing down: say how busy the machine was.
+        "load_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 

@@ -5,7 +5,8 @@ that anyone can reuse without retraining. One row per record (one scorer, spec a
 nested parts are flattened so the file reads well in pandas and spreadsheets:
 
 * ``settings`` (recipe, proxy checksum, overrides...) is a JSON string;
-* ``cpu_model`` / ``cpu_flags`` / ``cpu_threads`` say where the wall seconds were measured;
+* ``cpu_model`` / ``cpu_flags`` / ``cpu_threads`` / ``cpu_load_1m`` say where the wall seconds
+  were measured, and how busy that machine was (1-minute load average when the run ended);
 * a full-data run's per-epoch history becomes columns ``val_accuracy@E``, ``test_accuracy@E``,
   ``train_s@E`` (seconds of training up to epoch E, evaluations excluded) and ``steps@E``.
 
@@ -61,6 +62,7 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
     cpu = record.get("cpu") or {}
     row["cpu_model"], row["cpu_flags"] = cpu.get("model"), cpu.get("flags")
     row["cpu_threads"] = cpu.get("threads")
+    row["cpu_load_1m"] = cpu.get("load_1m")
     row["torch"] = (record.get("versions") or {}).get("torch")
     for h in record.get("history") or []:
         for name in HISTORY:
@@ -124,6 +126,7 @@ def read_records_csv(path: str | Path) -> list[dict[str, Any]]:
             "model": row.get("cpu_model"),
             "flags": row.get("cpu_flags"),
             "threads": row.get("cpu_threads"),
+            "load_1m": row.get("cpu_load_1m"),
         }
         record["versions"] = {"torch": row.get("torch")}
         history = []
