@@ -408,3 +408,27 @@ def test_load_study_uses_the_search_opener(tmp_path):
     with pytest.raises(UserError, match="journal file not found"):
         load_study(str(tmp_path / "none.log"), "found")
     assert not (tmp_path / "none.log").exists()
+
+
+def test_equal_settings_train_once_and_keep_each_scorers_name(tmp_path):
+    """Two proxies' matched short runs can coincide: one training serves both columns, and a
+    later run that reads the shared cache file still files each record under its own scorer."""
+    from nas_proxy.data import load_dataset
+    from nas_proxy.rank.ground_truth import DataRef, full_scorer, make_jobs, run_jobs
+    from nas_proxy.recipe import TrainConfig
+
+    data = DataRef("digits")
+    cfg = TrainConfig(epochs=1, batch_size=64, eval_every=0)
+    scorers = [full_scorer(cfg, name="short=a"), full_scorer(cfg, name="short=b")]
+    specs = ["mlp:hidden=16", "mlp:hidden=32"]
+    jobs = make_jobs(scorers, specs, data, load_dataset("digits").checksum, tmp_path, "cpu")
+    assert len({j.path for j in jobs}) == 2  # same settings: one cache file per spec
+
+    records, counts = run_jobs(jobs)
+    assert counts == {"trained": 2, "reused": 2}
+    assert [r["scorer"] for r in records] == ["short=a", "short=a", "short=b", "short=b"]
+    assert records[0]["score"] == records[2]["score"] and records[1]["score"] == records[3]["score"]
+
+    again, counts = run_jobs(list(reversed(jobs)))
+    assert counts == {"trained": 0, "reused": 4}
+    assert [r["scorer"] for r in again] == ["short=b", "short=b", "short=a", "short=a"]

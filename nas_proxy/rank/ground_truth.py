@@ -364,7 +364,13 @@ def run_jobs(
     if workers < 1:
         raise UserError(f"--workers {workers}: need at least 1")
     records: list[dict | None] = [read_cached(j) for j in jobs]
-    todo = [i for i, r in enumerate(records) if r is None]
+    missing = [i for i, r in enumerate(records) if r is None]
+    # Scorers with the same settings (two proxies' matched short runs, say) share a cache file:
+    # train it once; every job gets the record under its own scorer's name.
+    owner: dict[str, int] = {}
+    for i in missing:
+        owner.setdefault(jobs[i].path, i)
+    todo = list(owner.values())
     counts = {"trained": len(todo), "reused": len(jobs) - len(todo)}
     bar = progress(total=len(jobs), initial=counts["reused"], desc=desc, unit="run")
     try:
@@ -397,7 +403,16 @@ def run_jobs(
                         bar.update()
     finally:
         bar.close()
-    return [r for r in records if r is not None], counts
+    for i in missing:
+        records[i] = records[owner[jobs[i].path]]
+    return [_labelled(r, j) for r, j in zip(records, jobs, strict=True) if r is not None], counts
+
+
+def _labelled(record: dict, job: Job) -> dict:
+    """``record`` under ``job``'s scorer name (a cache file is shared by equal settings)."""
+    if record["scorer"] == job.scorer.name:
+        return record
+    return {**record, "scorer": job.scorer.name, "scorer_info": job.scorer.extra}
 
 
 __all__ = [
