@@ -8,9 +8,10 @@ observes one seed's run per candidate, regret is judged on the seed-mean *test* 
 * full  = val_accuracy@8, cost train_s@8 (the unit of compute);
 * short = val_accuracy@1 (``short1``) and @2 (``short2``) of the same runs, cost train_s@1/@2.
   These are epochs of the 8-epoch cosine schedule, not a schedule that ends after 1-2 epochs;
-* proxy = the distilled proxy's score per candidate from benchmarks/data/fmnist_proxy_scores.csv
-  (columns ``spec``, ``score``, optional ``wall_s``) when that file exists; until then the
-  zero-cost score ``params`` (bigger is better), cost 0.
+* proxy = one proxy's score per candidate from benchmarks/data/fmnist_proxy_scores.csv (the rows
+  whose ``scorer`` is ``--proxy-scorer``; cost ``wall_s``, its training and scoring, without
+  its share of the build) when that file holds it; otherwise the zero-cost score ``params``
+  (bigger is better), cost 0.
 
 Writes a markdown table on stdout and ``regret_vs_budget.png`` under ``--out``.
 """
@@ -35,7 +36,9 @@ PROXY_SCORES = ROOT / "data" / "fmnist_proxy_scores.csv"
 BUDGETS = (0.5, 1, 2, 3, 5, 8, 12)
 
 
-def load_fidelities(table: Path, proxy_scores: Path) -> tuple[dict[str, Fidelity], np.ndarray, str]:
+def load_fidelities(
+    table: Path, proxy_scores: Path, proxy_scorer: str = "mtt@mtt-s0"
+) -> tuple[dict[str, Fidelity], np.ndarray, str]:
     """Fidelities per candidate (runs = seeds), the seed-mean test accuracy, the proxy's name."""
     runs: dict[str, dict[int, dict]] = {}
     for rec in read_records_csv(table):
@@ -61,16 +64,19 @@ def load_fidelities(table: Path, proxy_scores: Path) -> tuple[dict[str, Fidelity
         "short1": Fidelity(per_run(1, "val_accuracy"), per_run(1, "train_s")),
         "short2": Fidelity(per_run(2, "val_accuracy"), per_run(2, "train_s")),
     }
-    if proxy_scores.exists():
-        frame = pd.read_csv(proxy_scores).groupby("spec").mean(numeric_only=True)
-        score = frame["score"].reindex(specs).to_numpy(float)[:, None]
+    frame = pd.read_csv(proxy_scores) if proxy_scores.exists() else pd.DataFrame()
+    frame = frame[frame["scorer"] == proxy_scorer] if len(frame) else frame
+    if len(frame):
+        frame = frame.groupby("spec").mean(numeric_only=True)
+        # A diverged training on the proxy has no score: it ranks last.
+        score = frame["score"].reindex(specs).fillna(-1.0).to_numpy(float)[:, None]
         wall = frame["wall_s"] if "wall_s" in frame else pd.Series(0.0, index=frame.index)
         fid["proxy"] = Fidelity(score, wall.reindex(specs).fillna(0).to_numpy(float)[:, None])
-        proxy_name = f"distilled proxy ({proxy_scores.name})"
+        proxy_name = f"proxy {proxy_scorer} ({proxy_scores.name})"
     else:
         params = np.array([next(iter(runs[s].values()))["params"] for s in specs], dtype=float)
         fid["proxy"] = Fidelity(params[:, None], np.zeros((len(specs), 1)))
-        proxy_name = "zero-cost params (distilled-proxy scores pending)"
+        proxy_name = f"zero-cost params ({proxy_scorer} not in {proxy_scores.name})"
     truth = np.nanmean(per_run(8, "test_accuracy"), axis=1)
     return fid, truth, proxy_name
 
@@ -93,8 +99,13 @@ def main() -> None:
     ap.add_argument("--replays", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "figures")
+    ap.add_argument(
+        "--proxy-scorer",
+        default="mtt@mtt-s0",
+        help="the proxy's scorer name in fmnist_proxy_scores.csv (e.g. dm@dm-s0, short-50steps)",
+    )
     args = ap.parse_args()
-    fid, truth, proxy_name = load_fidelities(TABLE, PROXY_SCORES)
+    fid, truth, proxy_name = load_fidelities(TABLE, PROXY_SCORES, args.proxy_scorer)
     rows = replay(fid, POLICIES, BUDGETS, truth=truth, replays=args.replays, seed=args.seed)
     n = truth.size
     unit = float(np.nanmean(fid["full"].costs))

@@ -2,14 +2,19 @@
 
 ``nas_proxy.distill``, ``search``, ``rank`` and ``pipeline`` (see nas_proxy/__init__.py) are
 these functions; each is what its ``nas-proxy`` command runs, returns the command's ``--json``
-object, and imports the library it needs only when called.
+object, and imports the library it needs only when called. ``device`` ("auto", "cpu", "cuda",
+"cuda:N" or a ``torch.device``) is resolved once, by the stage's entry function
+(docs/architecture.md, "Devices").
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 def distill(
@@ -20,7 +25,7 @@ def distill(
     method: str = "mtt",
     options: Mapping[str, Any] | None = None,
     seed: int = 0,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     data_dir: str | None = None,
     download: bool = False,
 ) -> dict[str, Any]:
@@ -34,7 +39,7 @@ def distill(
     from nas_proxy.runtime import resolve_device
 
     checked = method_options(method, options)
-    dev = resolve_device(device)
+    dev = resolve_device(device)  # before loading the data: a bad device fails at once
     data = load_dataset(dataset, data_dir=data_dir, download=download)
     return run(method, data, ipc, out, checked, seed=seed, device=dev)
 
@@ -51,7 +56,7 @@ def search(
     pruner: str | None = None,
     storage: str | None = None,
     seed: int = 0,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     promote: Sequence[str] = (),
     **options: Any,
 ) -> dict[str, Any]:
@@ -93,7 +98,7 @@ def rank(
     top_k: int = 5,
     workers: int = 1,
     seed: int = 0,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     **options: Any,
 ) -> dict[str, Any]:
     """Retrain candidates (a study's, with ``study`` and ``storage``, or a YAML list,
@@ -122,7 +127,12 @@ def rank(
 
 
 def pipeline(
-    *, out: str | Path, dataset: str = "digits", seed: int = 0, device: str = "auto", **options: Any
+    *,
+    out: str | Path,
+    dataset: str = "digits",
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    **options: Any,
 ) -> dict[str, Any]:
     """Experts → MTT proxy → search → rank report into ``out``, with the quick budgets of
     ``nas-proxy pipeline``; ``options``: any budget of :func:`nas_proxy.pipeline.run_pipeline`."""

@@ -39,7 +39,6 @@ from nas_proxy.recipe import ExpertSettings, expert_seed
 from nas_proxy.runtime import (
     init_worker_process,
     progress,
-    resolve_device,
     versions,
     worker_threads,
 )
@@ -84,7 +83,7 @@ def epoch_file(key_dir: Path, expert: int, epoch: int) -> Path:
 
 
 def load_trajectory(
-    dir: str | Path, key: str, expert: int, epoch: int, device: str | torch.device = "cpu"
+    dir: str | Path, key: str, expert: int, epoch: int, device: torch.device = torch.device("cpu")
 ) -> dict[str, torch.Tensor]:
     """Weights of expert ``expert`` after epoch ``epoch`` (0: initialisation), a ``state_dict``."""
     path = epoch_file(Path(dir) / key, expert, epoch)
@@ -112,7 +111,7 @@ class ExpertCache:
         return self.root / self.key
 
     def load(
-        self, expert: int, epoch: int, device: str | torch.device = "cpu"
+        self, expert: int, epoch: int, device: torch.device = torch.device("cpu")
     ) -> dict[str, torch.Tensor]:
         return load_trajectory(self.root, self.key, expert, epoch, device=device)
 
@@ -202,7 +201,7 @@ def train_expert(
     key_dir: Path,
     expert: int,
     epochs: int,
-    device: str | torch.device = "auto",
+    device: torch.device,
 ) -> int:
     """Train (or resume, or extend) one expert to ``epochs`` epochs; returns epochs trained."""
     from nas_proxy.train import fit
@@ -217,7 +216,6 @@ def train_expert(
             if finished_epochs(read_manifest(key_dir), expert) < done:  # killed before update
                 _update_manifest(key_dir, key, expert, epochs=done)
             return 0
-        dev = resolve_device(device)
         history: list[float | None] = list(
             (read_manifest(key_dir) or {"experts": {}})["experts"]
             .get(str(expert), {})
@@ -238,7 +236,7 @@ def train_expert(
                 expert,
                 epochs=epoch,
                 seed=expert_seed(settings.seed, expert),
-                device=str(dev),
+                device=str(device),
                 val_accuracy=list(history),
             )
 
@@ -250,7 +248,7 @@ def train_expert(
             dataset.train_y,
             cfg,
             num_classes=dataset.num_classes,
-            device=dev,
+            device=device,
             val=(dataset.val_x, dataset.val_y),
             on_epoch=on_epoch,
             initial_state=initial,
@@ -275,7 +273,8 @@ def ensure_experts(
     epochs: int,
     out: str | Path,
     settings: ExpertSettings | None = None,
-    device: str | torch.device = "auto",
+    *,
+    device: torch.device,
     workers: int = 1,
 ) -> ExpertCache:
     """Make sure ``num_experts`` experts of ``epochs`` epochs exist under ``out``; train what is
@@ -296,13 +295,12 @@ def ensure_experts(
     data, zca = whiten(dataset) if settings.zca else (dataset, None)
     manifest = _update_manifest(key_dir, key)
     todo = [i for i in range(num_experts) if finished_epochs(manifest, i) < epochs]
-    dev = resolve_device(device)
     bar = progress(total=len(todo), desc=f"experts ({key})", unit="expert")
     if workers > 1 and len(todo) > 1:
-        _train_parallel(data, key["spec"], settings, key_dir, todo, epochs, dev, workers, bar)
+        _train_parallel(data, key["spec"], settings, key_dir, todo, epochs, device, workers, bar)
     else:
         for i in todo:
-            train_expert(data, key["spec"], settings, key_dir, i, epochs, dev)
+            train_expert(data, key["spec"], settings, key_dir, i, epochs, device)
             bar.update()
     bar.close()
     return ExpertCache(
@@ -336,7 +334,8 @@ def _train_parallel(
     workers = min(workers, len(todo))
     threads = worker_threads(workers)
     jobs = [
-        (data, spec, dataclasses.asdict(settings), str(key_dir), i, epochs, str(device))
+        # A torch.device pickles as it is: the workers need not resolve it again.
+        (data, spec, dataclasses.asdict(settings), str(key_dir), i, epochs, device)
         for i in todo
     ]
     with mp.get_context("spawn").Pool(

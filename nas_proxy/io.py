@@ -6,6 +6,7 @@ never leaves a half-written file that a later run would trust.
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import json
@@ -48,6 +49,32 @@ def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
     path = Path(path)
     fmt = path.suffix.lstrip(".") or "png"
     return atomic_write(path, lambda p: fig.savefig(p, format=fmt, **savefig_kwargs))
+
+
+def data_uri(path: str | Path, mimetype: str = "image/png") -> str:
+    """A file as a ``data:`` URI, for HTML reports that must stand alone (no file beside them)."""
+    return f"data:{mimetype};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+HTML_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+    "padding:3px 8px;text-align:left;font-size:14px}th{background:#f3f3f3}"
+    "img{max-width:48%;margin:1%}"
+)
+
+
+def write_html_page(path: str | Path, title: str, body: str) -> Path:
+    """A standalone HTML page (inline style, no external source) around ``body``, which the
+    caller has escaped; the title is escaped here."""
+    import html
+
+    t = html.escape(title)
+    doc = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{t}</title>"
+        f"<style>{HTML_CSS}</style></head><body><h1>{t}</h1>{body}</body></html>\n"
+    )
+    return atomic_write(path, lambda p: p.write_text(doc, encoding="utf-8"))
 
 
 def require_writable_dir(path: str | Path, flag: str = "--out") -> None:

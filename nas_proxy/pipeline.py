@@ -8,6 +8,7 @@ same library call its own command makes, writing into a sub-folder of ``out``:
     out/search/    the Optuna study (study.db) and trials.csv
     out/rank/      the rank report (MTT proxy, random subset and zero-cost scores side by side)
     out/pipeline.json   every stage's JSON, for notebooks and scripts
+    out/index.html      links every stage's files and shows its images (:func:`write_index`)
 
 Every stage resumes or reuses what exists, so re-running the command is cheap. The defaults
 keep the digits run within about five minutes on two CPU cores; every budget is an argument.
@@ -19,11 +20,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas_proxy.recipe import FULL_DATA
 
+if TYPE_CHECKING:
+    import torch
+
 PIPELINE_JSON = "pipeline.json"
+INDEX_HTML = "index.html"  # links every stage's files
 DEFAULT_SPACE = "convnet"  # a shipped space (nas_proxy/search_spaces/), found when installed
 
 # Quick budgets (digits on 2 CPU cores). None leaves the stage's own default for the dataset.
@@ -70,7 +75,7 @@ def run_pipeline(
     workers: int = 1,
     threads: int | None = 1,
     seed: int = 0,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     log=None,
 ) -> dict[str, Any]:
     """Run every stage; returns ``{"experts", "distill", "search", "rank", "out", "report",
@@ -83,7 +88,9 @@ def run_pipeline(
     # Imported here (and in _stages): the CLI imports this module for its defaults and must
     # stay light.
     from nas_proxy.io import write_json
+    from nas_proxy.runtime import resolve_device
 
+    device = resolve_device(device)  # once, before any stage: every stage gets this device
     say = log or (lambda _m: None)
     start = time.perf_counter()
     with _torch_threads(threads):
@@ -127,10 +134,60 @@ def run_pipeline(
         **stages,
         "out": str(out),
         "report": stages["rank"]["report"],
+        "index": str(Path(out) / INDEX_HTML),
         "wall_s": round(time.perf_counter() - start, 3),
     }
     write_json(Path(out) / PIPELINE_JSON, result)
+    write_index(Path(out), result)
     return result
+
+
+def write_index(out: Path, result: dict[str, Any]) -> Path:
+    """``out/index.html``: one section per stage, linking what it wrote (relative links, so the
+    folder can be moved or served as it is); a file that is missing is left out."""
+    import html
+    import os
+    from urllib.parse import quote
+
+    from nas_proxy.io import write_html_page
+
+    def rel(path: str | Path) -> str | None:
+        return Path(os.path.relpath(path, out)).as_posix() if Path(path).exists() else None
+
+    def href(r: str) -> str:
+        return html.escape(quote(r))
+
+    def links(paths: Sequence[str | Path]) -> str:
+        items = [
+            f'<li><a href="{href(r)}">{html.escape(r)}</a></li>' for p in paths if (r := rel(p))
+        ]
+        return f"<ul>{''.join(items)}</ul>" if items else "<p>Nothing written.</p>"
+
+    def images(paths: Sequence[str | Path]) -> str:
+        return "".join(
+            f'<img alt="{html.escape(Path(p).stem)}" src="{href(r)}">'
+            for p in paths
+            if (r := rel(p))
+        )
+
+    search, rank = result["search"], result["rank"]
+    sections = {
+        "Experts (trajectories trained on the real data)": links(
+            sorted((out / "experts").glob("*/manifest.json"))
+        ),
+        "Proxies (the MTT proxy and a random real subset of the same size)": links(
+            [out / name / f for name in ("mtt", "random") for f in ("proxy.json", "grid.png")]
+        )
+        + images([out / "mtt" / "grid.png", out / "random" / "grid.png"]),
+        "Search": links([search["report"], search["trials_csv"]])
+        + images(list(search.get("plots", {}).values())),
+        "Rank (proxies against full-data training)": links(
+            [rank["report"], Path(rank["report"]).with_suffix(".md")]
+        ),
+        "Every stage's JSON": links([out / PIPELINE_JSON]),
+    }
+    body = "".join(f"<h2>{html.escape(k)}</h2>{v}" for k, v in sections.items())
+    return write_html_page(out / INDEX_HTML, "nas-proxy pipeline", body)
 
 
 @contextmanager
@@ -158,7 +215,7 @@ def _stages(
     search_opts: dict[str, Any],
     rank_opts: dict[str, Any],
     seed: int,
-    device: str,
+    device: torch.device,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """The four stages; each one's JSON under its name."""

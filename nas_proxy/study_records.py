@@ -5,11 +5,21 @@ user attributes in :data:`TRIAL_ATTRS`; scores that are bought later for a finis
 training by ``rank``, promotion stages) are study user attributes, one key per trial and
 fidelity, because Optuna refuses to change a finished trial and one key per writer means
 concurrent writers never overwrite each other.
+
+Those study attributes are the record, but optuna-dashboard shows them only as one long list on
+the study's page. So each score is also a trial of a sibling study (:func:`real_study_name`:
+``<study>:full`` for rank's scores, ``<study>:real-e<E>`` for a promotion stage), built with
+``optuna.trial.create_trial``: the trial's parameters, the real-data score as its value and
+``source_trial`` (the search trial's number), so the dashboard plots and lists them per trial.
+Optuna 5 refuses user attributes on a finished trial (``UpdateFinishedTrialError`` from the RDB
+and journal storages), which rules out writing them onto the search trial itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -70,8 +80,10 @@ def set_full_score(storage: str, study_name: str, trial_number: int, value: floa
 
 
 def record_full_score(study: optuna.Study, trial_number: int, value: float) -> None:
-    """Write one trial's full-data score (see :func:`set_full_score`)."""
+    """Write one trial's full-data score (see :func:`set_full_score`), and mirror it into the
+    sibling study ``<study>:full`` (module docstring)."""
     study.set_user_attr(f"{FULL_SCORE_PREFIX}{int(trial_number)}", float(value))
+    mirror_real_score(study, FULL_FIDELITY, trial_number, float(value))
 
 
 def full_scores(study: optuna.Study) -> dict[int, float]:
@@ -95,8 +107,11 @@ def record_claim(study: optuna.Study, epochs: int, trial_number: int, worker: st
 def record_promoted(
     study: optuna.Study, epochs: int, trial_number: int, record: dict[str, object]
 ) -> None:
-    """Write a real-data score (``{"stage", "score", "cost_s"}``) of a trial at ``epochs``."""
+    """Write a real-data score (``{"stage", "score", "cost_s"}``) of a trial at ``epochs``, and
+    mirror it into the sibling study ``<study>:real-e<epochs>`` (module docstring)."""
     study.set_user_attr(f"{PROMOTED_PREFIX}{int(epochs)}:{int(trial_number)}", record)
+    extra = {k: v for k, v in record.items() if k != "score"}
+    mirror_real_score(study, f"real-e{int(epochs)}", trial_number, float(record["score"]), extra)
 
 
 def promoted_scores(study: optuna.Study) -> dict[int, dict[int, dict]]:
@@ -108,3 +123,68 @@ def promoted_scores(study: optuna.Study) -> dict[int, dict[int, dict]]:
             epochs, _, number = key[len(PROMOTED_PREFIX) :].partition(":")
             out.setdefault(int(epochs), {})[int(number)] = value
     return out
+
+
+# Sibling studies of real-data scores, one per fidelity (module docstring).
+FULL_FIDELITY = "full"
+MAX_STUDY_NAME = 512  # Optuna's study_name column (VARCHAR(512) on PostgreSQL and MySQL)
+
+
+def real_study_name(study_name: str, fidelity: str) -> str:
+    """``<study>:<fidelity>``; a name too long for the column keeps a hash of the rest."""
+    name = f"{study_name}:{fidelity}"
+    if len(name) <= MAX_STUDY_NAME:
+        return name
+    digest = hashlib.sha256(study_name.encode()).hexdigest()[:12]
+    keep = MAX_STUDY_NAME - len(fidelity) - len(digest) - 2
+    return f"{study_name[:keep]}~{digest}:{fidelity}"
+
+
+def mirror_real_score(
+    study: optuna.Study,
+    fidelity: str,
+    trial_number: int,
+    score: float,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Add search trial ``trial_number``'s real-data ``score`` as a trial of the sibling study
+    for ``fidelity``; a score already there for that trial is not added twice."""
+    source = next((t for t in study.get_trials(deepcopy=False) if t.number == trial_number), None)
+    if source is None:
+        raise UserError(f"study {study.study_name} has no trial {trial_number}")
+    # The search's own storage object: the sibling lives beside the study, whatever the URL.
+    sibling = optuna.create_study(
+        storage=study._storage,
+        study_name=real_study_name(study.study_name, fidelity),
+        direction="maximize",  # real-data scores are validation accuracies
+        load_if_exists=True,
+    )
+    if "source_study" not in sibling.user_attrs:
+        sibling.set_user_attr("source_study", study.study_name)
+        sibling.set_user_attr("fidelity", fidelity)
+    if any(
+        t.user_attrs.get("source_trial") == trial_number and t.value == score
+        for t in sibling.get_trials(deepcopy=False)
+    ):
+        return  # a rerun recording the same score
+    attrs = {k: source.user_attrs[k] for k in ("arch", "params", "flops") if k in source.user_attrs}
+    sibling.add_trial(
+        optuna.trial.create_trial(
+            params=source.params,
+            distributions=source.distributions,
+            value=score,
+            user_attrs={
+                "source_trial": trial_number,
+                "proxy_score": source.user_attrs.get("proxy_score"),
+                **attrs,
+                **(extra or {}),
+            },
+        )
+    )
+
+
+def real_studies(study: optuna.Study) -> list[str]:
+    """Names of the sibling studies that hold ``study``'s real-data scores (module docstring)."""
+    fidelities = [FULL_FIDELITY] if full_scores(study) else []
+    fidelities += [f"real-e{e}" for e in sorted(promoted_scores(study))]
+    return [real_study_name(study.study_name, f) for f in fidelities]

@@ -24,7 +24,7 @@ from torch import nn
 from nas_proxy.augment import make_augment
 from nas_proxy.models import build_model, model_profile
 from nas_proxy.recipe import TrainConfig
-from nas_proxy.runtime import progress, resolve_device, seed_everything
+from nas_proxy.runtime import progress, seed_everything
 
 if TYPE_CHECKING:
     from nas_proxy.data import Dataset
@@ -339,7 +339,7 @@ def fit(
     cfg: TrainConfig,
     *,
     num_classes: int,
-    device: str | torch.device = "auto",
+    device: torch.device,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     recalibrate_x: torch.Tensor | None = None,
@@ -359,7 +359,7 @@ def fit(
     """
     seed_everything(cfg.seed)
     in_shape = tuple(train_x.shape[1:])
-    model = build_model(spec, in_shape, num_classes).to(resolve_device(device))
+    model = build_model(spec, in_shape, num_classes).to(device)
     if initial_state is not None:
         model.load_state_dict(dict(initial_state))
     result = train_model(
@@ -386,7 +386,7 @@ def train_architecture(
     data: Dataset,
     cfg: TrainConfig,
     *,
-    device: str | torch.device = "auto",
+    device: torch.device,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` on ``data``'s training split, score it on val and test, and with ``out``
@@ -415,7 +415,7 @@ def train_architecture(
         "params": res.params,
         "flops": res.flops,
         "wall_s": round(res.wall_s, 3),
-        "device": str(resolve_device(device)),
+        "device": str(device),
         "seed": cfg.seed,
     }
     if out is not None:

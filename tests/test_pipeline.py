@@ -115,3 +115,32 @@ def test_pipeline_writes_report_and_says_where(tiny_pipeline):
     assert (out / "pipeline.json").is_file() and (out / "rank" / "report.md").is_file()
     assert f"the report is {result['report']}" in tiny_pipeline["stderr"]
     assert json.loads((out / "pipeline.json").read_text())["report"] == result["report"]
+
+
+def test_index_links_every_stage_and_nothing_is_broken(tiny_pipeline):
+    """The HTML check of issue 17 (tests/html_links.py: parsed, as no browser installs here)."""
+    from html_links import check_page
+
+    out = tiny_pipeline["out"]
+    result = tiny_pipeline["result"]
+    assert result["index"] == str(out / "index.html")
+    targets = {t for _, t in check_page(out / "index.html")}
+    experts = {p.relative_to(out).as_posix() for p in (out / "experts").glob("*/manifest.json")}
+    assert experts and experts <= targets
+    assert {"mtt/grid.png", "random/grid.png", "search/report.html", "rank/report.html"} <= targets
+    assert {f"search/{name}.png" for name in result["search"]["plots"]} <= targets
+    assert "search/optimization_history.png" in targets
+    for report in ("search/report.html", "rank/report.html"):
+        check_page(out / report, standalone=True)
+
+
+def test_rank_scores_show_as_trials_of_the_full_sibling_study(tiny_pipeline):
+    from nas_proxy.search import full_scores, open_study
+    from nas_proxy.study_records import real_studies
+
+    search = tiny_pipeline["result"]["search"]
+    study = open_study(search["storage"], search["study"])
+    assert real_studies(study) == [f"{search['study']}:full"]
+    sibling = open_study(search["storage"], f"{search['study']}:full")
+    scores = full_scores(study)
+    assert scores and {t.user_attrs["source_trial"]: t.value for t in sibling.trials} == scores

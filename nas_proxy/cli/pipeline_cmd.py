@@ -184,7 +184,7 @@ def pipeline_command(
         as_json,
         f"{headline_text(result['rank'])}\n"
         f"pipeline finished in {result['wall_s']:.0f} s; "
-        f"the report is {result['report']}",
+        f"the report is {result['report']}; every stage: {result['index']}",
     )
     if as_json:
-        info(f"the report is {result['report']}")
+        info(f"the report is {result['report']}; every stage: {result['index']}")

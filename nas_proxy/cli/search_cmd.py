@@ -199,7 +199,11 @@ def search_command(
         human += f"; Pareto front: {len(result['pareto'])} trials"
     if "promotion" in result:
         human += "\n" + _promotion_lines(result["promotion"])
-    emit(result, as_json, human + f"\ntrials: {result['trials_csv']}")
+    emit(
+        result,
+        as_json,
+        human + f"\ntrials: {result['trials_csv']}\nreport: {result['report']}",
+    )
 
 
 def _promotion_lines(promotion: dict) -> str:

@@ -58,9 +58,10 @@ def distill(
     options: RecipeOptions | Mapping[str, Any] | None = None,
     *,
     seed: int = 0,
-    device: torch.device | str = "auto",
+    device: str | torch.device = "auto",
 ) -> dict[str, Any]:
-    """Build a proxy of ``dataset`` with ``ipc`` images per class into ``out``.
+    """Build a proxy of ``dataset`` with ``ipc`` images per class into ``out``; ``device`` is
+    resolved here, once, and the method gets the ``torch.device``.
 
     ``options``: the method's options object or a mapping of its option names
     (:mod:`nas_proxy.distill.options`); an option the method does not read is a UserError.

@@ -175,7 +175,7 @@ def mtt_config(
     dataset: Dataset,
     ipc: int,
     options: MTTOptions | Mapping[str, Any] | None,
-    device: torch.device | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> MTTConfig:
     """Merge defaults, dataset defaults, preset and ``options``; check every value; resolve
     ``precision=auto`` for ``device`` (default CPU)."""
@@ -213,7 +213,7 @@ def mtt_config(
         zca=zca,
         iterations=_int_option(o, "iterations", 0),
         memory_bounded=bool(o["memory_bounded"]),
-        precision=resolve_precision(o["precision"], device or torch.device("cpu")),
+        precision=resolve_precision(o["precision"], device),
         checkpoint_every=_int_option(o, "checkpoint_every", 1),
         eval_epochs=_int_option(o, "eval_epochs", 1),
         eval_batch_size=_int_option(o, "eval_batch_size", 1),

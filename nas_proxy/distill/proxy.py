@@ -314,7 +314,7 @@ def train_on_proxy(
     spec: str,
     *,
     seed: int = 0,
-    device: str | torch.device = "auto",
+    device: torch.device,
     score_split: str = "val",
     on_epoch: EpochCallback | None = None,
     desc: str | None = None,
@@ -355,7 +355,7 @@ def evaluate_proxy(
     specs: list[str],
     *,
     seeds: list[int],
-    device: str | torch.device = "auto",
+    device: torch.device,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """One row per spec: test accuracy of ``spec`` trained on ``proxy`` for each seed.

@@ -8,11 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nas_proxy.errors import UserError
 from nas_proxy.rank.candidates import Candidate
 from nas_proxy.rank.compare import build_cost, proxy_names, rank_candidates
 from nas_proxy.rank.ground_truth import DataRef
 from nas_proxy.recipe import TrainConfig, train_config
+from nas_proxy.runtime import resolve_device
 
 
 def recipe_config(recipe: dict[str, Any], dataset_name: str, seed: int = 0) -> TrainConfig:
@@ -61,6 +64,7 @@ def rank(
     top_k: int = 5,
     seed: int = 0,
     ensemble: bool = False,
+    device: str | torch.device = "auto",
     **options: Any,
 ) -> dict[str, Any]:
     """Candidates from a study (top_k + stratified sample of ``sample``) or a YAML file, ranked
@@ -69,6 +73,7 @@ def rank(
     The dataset is, in order: ``dataset``, the study's, the first proxy's, ``digits``.
     ``ensemble``: also rank with all ``proxies`` as one (the mean of their ranks).
     ``options`` go to :func:`rank_candidates` (short_epochs, zero_cost, ceiling_seeds, ...).
+    ``device`` is resolved here, once (docs/architecture.md, "Devices").
     """
     from nas_proxy.distill.proxy import load_proxy
     from nas_proxy.rank.candidates import (
@@ -85,6 +90,7 @@ def rank(
         )
     if sample < 1 or top_k < 1:
         raise UserError(f"--sample {sample} and --top-k {top_k} must be at least 1")
+    device = resolve_device(device)
     search_proxy, write_back = None, None
     if study is not None:
         if not storage:
@@ -125,6 +131,7 @@ def rank(
         seed=seed,
         source=source,
         write_back=write_back,
+        device=device,
         **options,
     )
     return summary

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from nas_proxy.rank.ground_truth import (
 )
 from nas_proxy.rank.metrics import rank_summary, ranks
 from nas_proxy.train import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
 
 SUMMARY_KEYS = ("spearman", "spearman_ci", "kendall", "top_k_overlap", "regret")
 # Candidates a real search trains: costs are also reported with the build amortised over these.
@@ -270,7 +273,7 @@ def rank_candidates(
     subsets: Mapping[str, Sequence[bool]] | None = None,
     project_to: int = PROJECT_TO,
     workers: int = 1,
-    device: str = "auto",
+    device: torch.device,
     seed: int = 0,
     cache_dir: str | Path | None = None,
     n_boot: int = 2000,
@@ -296,11 +299,10 @@ def rank_candidates(
     metrics and headline table. ``ensembles`` ({name: proxy names}) adds a column averaging
     those proxies' ranks (:func:`ensemble_column`), e.g. one proxy distilled with several seeds.
     Costs are reported amortised over the ranked candidates and
-    over ``project_to`` (the size of a real search). Returns the summary (the ``--json``
-    object).
+    over ``project_to`` (the size of a real search). ``device``: already resolved (by
+    :func:`nas_proxy.rank.api.rank`). Returns the summary (the ``--json`` object).
     """
     from nas_proxy.rank.report import write_report
-    from nas_proxy.runtime import resolve_device
 
     start = time.perf_counter()
     if len(candidates) < 1:
@@ -309,7 +311,6 @@ def rank_candidates(
         raise UserError(f"--ceiling-seeds {ceiling_seeds}: need at least 1")
     if short_match and not proxies:
         raise UserError("--short-match needs a --proxy to match")
-    device = str(resolve_device(device))
     out = Path(out)
     cache = Path(cache_dir) if cache_dir else out.resolve().parent / "gt-cache"
     dataset = data.load()
@@ -336,7 +337,8 @@ def rank_candidates(
         match=distilled if short_match else (),
     )
     scorers = [gt, *distilled, *short, *zero_cost_scorers(zero_cost, seed)]
-    jobs = make_jobs(scorers, specs, data, dataset.checksum, cache, device)
+    # A job crosses into worker processes and its record: the device travels as its name.
+    jobs = make_jobs(scorers, specs, data, dataset.checksum, cache, str(device))
     records, counts = run_jobs(
         jobs, workers=workers, desc=f"rank {n} candidates", on_record=on_record
     )

@@ -196,6 +196,9 @@ def _score(val_accuracy: float | None, val_loss: float | None) -> float | None:
 
 def _run(job: Job) -> dict[str, Any]:
     """Compute one job's record (no caching here)."""
+    from nas_proxy.runtime import resolve_device
+
+    device = resolve_device(job.device)  # a process boundary: the job carries the name
     data = job.data.load()
     s = job.scorer
     if s.kind == "zero-cost":
@@ -211,7 +214,7 @@ def _run(job: Job) -> dict[str, Any]:
             data.train_y[idx],
             num_classes=data.num_classes,
             seed=job.seed,
-            device=job.device,
+            device=device,
         )
         return {"score": out["score"], "wall_s": out["wall_s"]}
     if s.kind == "full":
@@ -224,14 +227,14 @@ def _run(job: Job) -> dict[str, Any]:
             data.train_y,
             cfg,
             num_classes=data.num_classes,
-            device=job.device,
+            device=device,
             val=(data.val_x, data.val_y),
             test=(data.test_x, data.test_y),
             desc=f"{s.name} {job.spec}",
         )
         lr_scale, wall_s = None, res.wall_s
     else:
-        res, lr_scale, wall_s = _train_on_proxy_tuned(job, data)
+        res, lr_scale, wall_s = _train_on_proxy_tuned(job, data, device)
     return {
         "score": _score(res.val_accuracy, res.val_loss),
         "wall_s": wall_s,
@@ -248,7 +251,7 @@ def _run(job: Job) -> dict[str, Any]:
     }
 
 
-def _train_on_proxy_tuned(job: Job, data: Any) -> tuple[Any, float, float]:
+def _train_on_proxy_tuned(job: Job, data: Any, device: torch.device) -> tuple[Any, float, float]:
     """Train ``job.spec`` on the proxy once per learning-rate scale (``overrides["lr_scales"]``,
     multiples of the proxy's own lr; just the proxy's lr when absent) and keep the best.
 
@@ -273,7 +276,7 @@ def _train_on_proxy_tuned(job: Job, data: Any) -> tuple[Any, float, float]:
                 data,
                 job.spec,
                 seed=job.seed,
-                device=job.device,
+                device=device,
                 score_split="val",
                 desc=f"{s.name} {job.spec}" + (f" lr×{scale:g}" if lr else ""),
                 **{**overrides, **lr},

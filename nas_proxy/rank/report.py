@@ -7,7 +7,6 @@ file can be mailed or attached without its folder.
 
 from __future__ import annotations
 
-import base64
 import html
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from nas_proxy.io import atomic_write, save_figure, write_json
+from nas_proxy.io import atomic_write, data_uri, save_figure, write_html_page, write_json
 
 HEADERS = (
     "proxy",
@@ -260,29 +259,16 @@ def write_markdown(path: Path, summary: dict[str, Any], table: pd.DataFrame) -> 
     return atomic_write(path, lambda p: p.write_text(text))
 
 
-def _data_uri(png: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
-
-
-_CSS = (
-    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-    "padding:3px 8px;text-align:left;font-size:14px}th{background:#f3f3f3}"
-    "img{max-width:48%;margin:1%}"
-)
-
-
 def write_html(
     path: Path, summary: dict[str, Any], table: pd.DataFrame, images: Sequence[Path]
 ) -> Path:
     """Self-contained: no external stylesheet, script or image source."""
     cand_headers, cand_rows = _candidates_rows(table)
-    imgs = "".join(f'<img alt="{html.escape(p.stem)}" src="{_data_uri(p)}">' for p in images)
+    imgs = "".join(f'<img alt="{html.escape(p.stem)}" src="{data_uri(p)}">' for p in images)
     notes = "".join(f"<li>{html.escape(s)}</li>" for s in _notes(summary))
     intro = "".join(f"<p>{html.escape(s)}</p>" for s in _intro(summary))
-    doc = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Rank fidelity report"
-        f"</title><style>{_CSS}</style></head><body><h1>Rank fidelity report</h1>{intro}"
+    body = (
+        intro
         + "".join(
             f"<h2>{html.escape(title)}</h2>"
             + _html_table(headline_headers(summary), headline_rows(summary, block))
@@ -296,9 +282,9 @@ def write_html(
         )
         + f"<div>{imgs}</div>"
         + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
-        + f"<h2>Candidates</h2>{_html_table(cand_headers, cand_rows)}</body></html>\n"
+        + f"<h2>Candidates</h2>{_html_table(cand_headers, cand_rows)}"
     )
-    return atomic_write(path, lambda p: p.write_text(doc, encoding="utf-8"))
+    return write_html_page(path, "Rank fidelity report", body)
 
 
 def _figure():

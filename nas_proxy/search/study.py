@@ -8,14 +8,17 @@ format (nas_proxy/study_records.py), samplers and pruners (``samplers``), worker
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from nas_proxy.errors import UserError
 from nas_proxy.search.promote import PromoteStage, check_stages, parse_stage, promotion_summary
+from nas_proxy.search.report import write_search_outputs
 from nas_proxy.search.results import (
     TRIALS_CSV,
     best_trial,
@@ -34,10 +37,10 @@ from nas_proxy.search.workers import (
     run_worker,
     worker_devices,
 )
-from nas_proxy.study_records import DEFAULT_STUDY
+from nas_proxy.study_records import DEFAULT_STUDY, MAX_STUDY_NAME, real_studies
 from nas_proxy.study_storage import default_storage, make_storage, redact
 
-MAX_STUDY_NAME = 512  # Optuna's study_name column (VARCHAR(512) on PostgreSQL and MySQL)
+Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def _settings_fingerprint(
@@ -78,6 +81,10 @@ def create_or_resume(
         directions=directions,
         load_if_exists=True,
     )
+    if study.metric_names is None:  # optuna-dashboard and Optuna's plots label axes with them
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and in the tested 5.x
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(objectives))
     stored = study.user_attrs.get("nas_proxy_settings")
     if stored is None:
         study.set_user_attr("nas_proxy_settings", settings)
@@ -119,10 +126,20 @@ def run_search(
     data_dir: str | None = None,
     download: bool = False,
     promote: Sequence[str | PromoteStage] = (),
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Run (or resume) a search until ``trials`` trials have finished, then the ``promote``
-    stages (nas_proxy/search/promote.py); return the summary (the ``--json`` object of
-    ``nas-proxy search``)."""
+    stages (nas_proxy/search/promote.py); write the plots, report.html and the study's
+    artifacts (nas_proxy/search/report.py); return the summary (the ``--json`` object of
+    ``nas-proxy search``).
+
+    ``callbacks``: Optuna callbacks ``f(study, frozen_trial)`` (an MLflow or Weights & Biases
+    integration callback, say), called in this process once per trial this run finishes
+    (COMPLETE, PRUNED or FAIL). With ``workers=1`` they go to ``study.optimize`` as they are,
+    right after each trial, and ``study.stop()`` works from them. With several workers the
+    trials run in worker processes, so nothing has to be pickled: this process calls them as
+    it sees trials finish (within a second), with its own copy of the study, where
+    ``study.stop()`` is refused (RuntimeError)."""
     from nas_proxy.data import load_dataset
     from nas_proxy.distill.proxy import check_compatible, load_proxy
     from nas_proxy.search.objective import parse_objectives
@@ -137,6 +154,9 @@ def run_search(
     pruner = pruner or ("none" if multi else "median")
     if trials < 1 or workers < 1:
         raise UserError(f"need --trials >= 1 and --workers >= 1 (got {trials}, {workers})")
+    callbacks = tuple(callbacks)
+    if not all(callable(c) for c in callbacks):
+        raise UserError("callbacks: expected callables f(study, trial)")
     if multi and pruner != "none":
         raise UserError(
             f"--pruner {pruner}: Optuna cannot prune multi-objective trials; use --pruner none"
@@ -196,16 +216,21 @@ def run_search(
         ]
 
         trained_now = None  # worker processes train promotions out of sight
-        with _Progress(study, trials, out / TRIALS_CSV) as bar:
+        in_parent = callbacks if workers > 1 else ()
+        with _Progress(study, trials, out / TRIALS_CSV, callbacks=in_parent) as bar:
             if workers == 1:
                 worker_study, objective = build_worker(configs[0])
                 run_worker(
-                    worker_study, objective, trials, lock_path, on_trial=lambda s, t: bar.update()
+                    worker_study,
+                    objective,
+                    trials,
+                    lock_path,
+                    callbacks=[*callbacks, lambda s, t: bar.update()],
                 )
                 trained_now = promote_after(worker_study, objective, configs[0])
             else:
                 run_processes(configs, bar)
-        return summarize(
+        summary = summarize(
             study,
             out / TRIALS_CSV,
             url,
@@ -221,23 +246,36 @@ def run_search(
                     if stages
                     else {}
                 ),
+                "real_studies": real_studies(study),
             },
         )
+        return {**summary, **write_search_outputs(study, out, summary, proxy_dir)}
     finally:
         optuna.logging.set_verbosity(verbosity)
 
 
 class _Progress:
-    """Progress bar with the best score so far; rewrites trials.csv as trials finish."""
+    """Progress bar with the best score so far; rewrites trials.csv as trials finish, and calls
+    ``callbacks`` once for each trial that finishes after it starts (several workers: see
+    :func:`run_search`)."""
 
     CSV_EVERY_S = 5.0
 
-    def __init__(self, study: optuna.Study, target: int, csv_path: Path) -> None:
+    def __init__(
+        self,
+        study: optuna.Study,
+        target: int,
+        csv_path: Path,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
         from nas_proxy.runtime import progress
 
         self.study = study
         self.csv_path = csv_path
-        self.done = count_trials(study).finished
+        self.callbacks = callbacks
+        trials = study.get_trials(deepcopy=False)
+        self.seen = {t.number for t in trials if t.state.is_finished()}
+        self.done = count_trials(study, trials).finished
         self.bar = progress(
             total=target, initial=min(self.done, target), desc="search", unit="trial"
         )
@@ -245,6 +283,11 @@ class _Progress:
 
     def update(self) -> None:
         trials = self.study.get_trials(deepcopy=False)
+        for t in trials:
+            if t.state.is_finished() and t.number not in self.seen:
+                self.seen.add(t.number)
+                for callback in self.callbacks:
+                    callback(self.study, t)
         c = count_trials(self.study, trials)
         if c.finished != self.done:
             self.bar.update(c.finished - self.done)

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -37,6 +37,9 @@ from nas_proxy.search.results import count_trials
 from nas_proxy.search.samplers import make_pruner, make_sampler
 from nas_proxy.study_storage import make_storage
 
+if TYPE_CHECKING:
+    import torch  # worker_devices' annotation; loaded lazily where used
+
 READY_TIMEOUT_S = 300  # how long workers wait for each other to load before starting
 
 
@@ -45,12 +48,13 @@ def run_worker(
     objective: Any,
     target: int,
     lock_path: Path,
-    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> None:
-    """Run trials until ``target`` have finished (see Counting in the module docstring)."""
+    """Run trials until ``target`` have finished (see Counting in the module docstring);
+    ``callbacks`` go to ``study.optimize``, called after each trial in this process."""
     lock = FileLock(lock_path)
     objective.on_start = lock.release  # the trial exists once the objective is entered
-    callbacks = [on_trial] if on_trial else None
+    callbacks = list(callbacks) or None
     while True:
         lock.acquire()
         try:
@@ -174,7 +178,7 @@ def build_worker(cfg: WorkerConfig) -> tuple[optuna.Study, Any]:
         dataset,
         objectives=cfg.objectives,
         seed=cfg.seed,
-        device=resolve_device(cfg.device),
+        device=resolve_device(cfg.device),  # the worker's entry: its one resolution
         epochs=cfg.epochs,
         lr=cfg.lr,
         max_params=cfg.max_params,
@@ -195,9 +199,13 @@ def quiet_optuna() -> int:
     return before
 
 
-def worker_devices(device: str, devices: Sequence[str] | None, workers: int) -> list[str]:
+def worker_devices(
+    device: str | torch.device, devices: Sequence[str] | None, workers: int
+) -> list[str]:
     """One device per worker: ``devices`` round-robin, else the visible GPUs round-robin when
-    ``device`` is auto/cuda and GPUs exist, else ``device`` for all."""
+    ``device`` is auto/cuda and GPUs exist, else ``device`` for all. ``run_search`` resolves
+    its device here, once; each worker's config carries the name (a process boundary), which
+    :func:`build_worker`, the worker's entry, resolves."""
     import torch
 
     from nas_proxy.runtime import resolve_device

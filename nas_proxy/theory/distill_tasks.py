@@ -168,10 +168,10 @@ def distill_perf(
     opts: dict[str, Any],
     *,
     seed: int = 0,
-    device: torch.device | str = "cpu",
+    device: torch.device = torch.device("cpu"),
 ) -> dict[str, Any]:
     """Performance matching through the shared unrolled SGD; writes the proxy to ``out``."""
-    start, out, device = time.perf_counter(), Path(out), torch.device(device)
+    start, out = time.perf_counter(), Path(out)
     o = _options("perf", opts)
     spec, steps = str(o["arch"]), int(o["syn_steps"])
     x0, y0 = initial_set(dataset, n_syn, o["init"], seed)
@@ -261,10 +261,10 @@ def distill_gm(
     opts: dict[str, Any],
     *,
     seed: int = 0,
-    device: torch.device | str = "cpu",
+    device: torch.device = torch.device("cpu"),
 ) -> dict[str, Any]:
     """Single-step gradient matching at fresh initialisations; writes the proxy to ``out``."""
-    start, out, device = time.perf_counter(), Path(out), torch.device(device)
+    start, out = time.perf_counter(), Path(out)
     o = _options("gm", opts)
     spec = str(o["arch"])
     x0, y0 = initial_set(dataset, n_syn, o["init"], seed)
@@ -334,7 +334,7 @@ def distill_mtt(
     opts: dict[str, Any],
     *,
     seed: int = 0,
-    device: torch.device | str = "cpu",
+    device: torch.device = torch.device("cpu"),
 ) -> dict[str, Any]:
     """MTT (the product's main method) on the vector task with two-layer MLP experts."""
     from nas_proxy.distill.mtt import run_mtt
@@ -359,7 +359,7 @@ def distill_mtt(
     if recipe:  # the recipe written into the proxy (MTT keeps its learned lr as the lr)
         mtt_opts.update(eval_epochs=recipe["epochs"], eval_batch_size=recipe["batch_size"])
     summary = run_mtt(
-        dataset, n_syn // dataset.num_classes, out, mtt_opts, seed=seed, device=torch.device(device)
+        dataset, n_syn // dataset.num_classes, out, mtt_opts, seed=seed, device=device
     )
     return {
         **summary,
@@ -377,7 +377,7 @@ def distill_task(
     opts: dict[str, Any],
     *,
     seed: int = 0,
-    device: torch.device | str = "cpu",
+    device: torch.device = torch.device("cpu"),
 ) -> dict[str, Any]:
     """Dispatch to perf / gm / mtt."""
     runners = {"perf": distill_perf, "gm": distill_gm, "mtt": distill_mtt}

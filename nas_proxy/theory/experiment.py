@@ -64,7 +64,7 @@ class TheoryConfig:
     eval_lr: float = 0.05
     eval_seeds: int = 3
     seed: int = 0
-    device: str = "cpu"
+    device: str | torch.device = "auto"  # resolved once, by run_theory
     out: Path | None = None  # default runs/theory/METHOD: methods never share a folder
     distill_opts: dict[str, Any] = field(default_factory=dict)
 
@@ -147,6 +147,8 @@ def train_and_test(
     data: Dataset,
     cfg: TheoryConfig,
     seed: int,
+    *,
+    device: torch.device,
     initial_state: dict[str, torch.Tensor] | None = None,
     freeze_first: bool = False,
 ) -> Trained:
@@ -168,7 +170,7 @@ def train_and_test(
         y,
         recipe(len(x), cfg, seed),
         num_classes=data.num_classes,
-        device=cfg.device,
+        device=device,
         test=(data.test_x, data.test_y),
         on_epoch=grab_init,
         initial_state=initial_state,
@@ -200,7 +202,7 @@ def sizes_for(n_syn: int, n_train: int) -> list[int]:
 
 
 def distill(
-    cfg: TheoryConfig, data: Dataset, out: Path
+    cfg: TheoryConfig, data: Dataset, out: Path, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Run the method; return (x_syn, y_syn, x_init, summary) read back from the proxy."""
     opts = {
@@ -209,9 +211,7 @@ def distill(
         "iterations": cfg.iterations,
         "recipe": recipe(cfg.n_syn, cfg).to_dict(),
     }
-    summary = distill_task(
-        cfg.method, data, cfg.n_syn, out, opts, seed=cfg.seed, device=resolve_device(cfg.device)
-    )
+    summary = distill_task(cfg.method, data, cfg.n_syn, out, opts, seed=cfg.seed, device=device)
     proxy = load_proxy(out)
     x_init = proxy.extra.get("init")
     if x_init is None:  # MTT's proxy: recompute the same seeded start
@@ -224,13 +224,13 @@ def weight_report(trained: Trained, W: torch.Tensor) -> dict[str, Any]:
 
 
 def measure(
-    cfg: TheoryConfig, data: Dataset, out: Path, with_baselines: bool = True
+    cfg: TheoryConfig, data: Dataset, out: Path, device: torch.device, with_baselines: bool = True
 ) -> dict[str, Any]:
     """Distil, then measure sample efficiency and alignment on ``data``."""
     W = data.extras["W"]
-    x_syn, y_syn, x_init, summary = distill(cfg, data, out / "proxy")
+    x_syn, y_syn, x_init, summary = distill(cfg, data, out / "proxy", device)
     seeds = [cfg.seed + s for s in range(cfg.eval_seeds)]
-    on_syn = [train_and_test(x_syn, y_syn, data, cfg, s) for s in seeds]
+    on_syn = [train_and_test(x_syn, y_syn, data, cfg, s, device=device) for s in seeds]
     err, err_std = _mean_std([t.error for t in on_syn])
     result: dict[str, Any] = {
         "d": data.extras["d"],
@@ -244,7 +244,9 @@ def measure(
     sizes = sizes_for(cfg.n_syn, len(data.train_y)) if with_baselines else [10 * cfg.n_syn]
     random_err, random_std, nets = {}, {}, {}
     for n in sizes:
-        runs = [train_and_test(*random_subset(data, n, s), data, cfg, s) for s in seeds]
+        runs = [
+            train_and_test(*random_subset(data, n, s), data, cfg, s, device=device) for s in seeds
+        ]
         random_err[n], random_std[n] = _mean_std([t.error for t in runs])
         nets[n] = runs[0]
     result["test_error_random"] = random_err
@@ -259,7 +261,9 @@ def measure(
     return result
 
 
-def transfer(cfg: TheoryConfig, x_syn: torch.Tensor, y_syn: torch.Tensor) -> dict[str, Any]:
+def transfer(
+    cfg: TheoryConfig, x_syn: torch.Tensor, y_syn: torch.Tensor, device: torch.device
+) -> dict[str, Any]:
     """Features learned from the distilled set of task 1, reused on few real samples of task 2
     (same W, another link).
 
@@ -280,7 +284,7 @@ def transfer(cfg: TheoryConfig, x_syn: torch.Tensor, y_syn: torch.Tensor) -> dic
     }
     for s in (cfg.seed + i for i in range(cfg.eval_seeds)):
         x2, y2 = random_subset(data2, n2, s + 1000)
-        teacher = train_and_test(x_syn, y_syn, data1, cfg, s).model
+        teacher = train_and_test(x_syn, y_syn, data1, cfg, s, device=device).model
         state = _with_head_of(teacher, cfg, data2, s)
         runs = {
             "pretrained": {"initial_state": state},
@@ -289,7 +293,9 @@ def transfer(cfg: TheoryConfig, x_syn: torch.Tensor, y_syn: torch.Tensor) -> dic
             "frozen_random": {"freeze_first": True},
         }
         for name, kwargs in runs.items():
-            errors[name].append(train_and_test(x2, y2, data2, cfg, s, **kwargs).error)
+            errors[name].append(
+                train_and_test(x2, y2, data2, cfg, s, device=device, **kwargs).error
+            )
     out: dict[str, Any] = {"link": link2, "n": n2}
     for name, values in errors.items():
         out[name], out[f"{name}_std"] = _mean_std(values)
@@ -315,12 +321,14 @@ def _with_head_of(
 
 
 def run_theory(cfg: TheoryConfig, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Every measurement; writes ``result.json`` and the PNGs under ``cfg.out``."""
+    """Every measurement; writes ``result.json`` and the PNGs under ``cfg.out``. The theory
+    entry point: ``cfg.device`` is resolved here, once."""
     start = time.perf_counter()
+    device = resolve_device(cfg.device)
     cfg.out.mkdir(parents=True, exist_ok=True)
     data = task_dataset(cfg)
     log(f"theory: {cfg.method} on {data.name}, {cfg.n_syn} synthetic samples")
-    main = measure(cfg, data, cfg.out / f"d{cfg.d}")
+    main = measure(cfg, data, cfg.out / f"d{cfg.d}", device)
     x_syn, y_syn = main.pop("_syn")
     log("theory: transfer")
     result: dict[str, Any] = {
@@ -333,7 +341,7 @@ def run_theory(cfg: TheoryConfig, log: Callable[[str], None] = lambda _m: None) 
         "arch": cfg.arch,
         "n_train": len(data.train_y),
         **main,
-        "transfer": transfer(cfg, x_syn, y_syn),
+        "transfer": transfer(cfg, x_syn, y_syn, device),
     }
     if cfg.scaling:
         rows = []
@@ -343,21 +351,25 @@ def run_theory(cfg: TheoryConfig, log: Callable[[str], None] = lambda _m: None) 
                 continue
             log(f"theory: scaling, d = {d}")
             sub = TheoryConfig(**{**asdict(cfg), "d": d, "scaling": ()})
-            row = measure(sub, task_dataset(sub), cfg.out / f"d{d}", with_baselines=False)
+            row = measure(sub, task_dataset(sub), cfg.out / f"d{d}", device, with_baselines=False)
             row.pop("_syn")
             rows.append(_scaling_row(row, cfg.n_syn))
         result["scaling"] = rows
     result["plots"] = {name: str(path) for name, path in make_plots(result, cfg.out).items()}
     result.update(
         seed=cfg.seed,
-        device=str(resolve_device(cfg.device)),
+        device=str(device),
         wall_s=round(time.perf_counter() - start, 3),
         out=str(cfg.out),
         eval_recipe=recipe(cfg.n_syn, cfg).to_dict() | {"steps": cfg.eval_steps},
     )
     write_json(
         cfg.out / "result.json",
-        {**result, "versions": versions(), "config": {**asdict(cfg), "out": str(cfg.out)}},
+        {
+            **result,
+            "versions": versions(),
+            "config": {**asdict(cfg), "out": str(cfg.out), "device": str(cfg.device)},
+        },
     )
     return result
 
