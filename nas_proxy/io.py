@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,26 @@ HTML_CSS = (
     "padding:3px 8px;text-align:left;font-size:14px}th{background:#f3f3f3}"
     "img{max-width:48%;margin:1%}"
 )
+
+
+def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """An HTML table, every cell escaped."""
+    import html
+
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_images(images: Mapping[str, str | Path]) -> str:
+    """``<img>`` tags embedding each file (alt text -> PNG) as a data URI."""
+    import html
+
+    return "".join(
+        f'<img alt="{html.escape(alt)}" src="{data_uri(path)}">' for alt, path in images.items()
+    )
 
 
 def write_html_page(path: str | Path, title: str, body: str) -> Path:

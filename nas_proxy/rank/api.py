@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nas_proxy.errors import UserError
 from nas_proxy.rank.candidates import Candidate
@@ -16,6 +14,9 @@ from nas_proxy.rank.compare import build_cost, proxy_names, rank_candidates
 from nas_proxy.rank.ground_truth import DataRef
 from nas_proxy.recipe import TrainConfig, train_config
 from nas_proxy.runtime import resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 
 def recipe_config(recipe: dict[str, Any], dataset_name: str, seed: int = 0) -> TrainConfig:

@@ -14,7 +14,14 @@ from typing import Any
 
 import pandas as pd
 
-from nas_proxy.io import atomic_write, data_uri, save_figure, write_html_page, write_json
+from nas_proxy.io import (
+    atomic_write,
+    html_images,
+    html_table,
+    save_figure,
+    write_html_page,
+    write_json,
+)
 
 HEADERS = (
     "proxy",
@@ -146,14 +153,6 @@ def md_table(headers: Sequence[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _html_table(headers: Sequence[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _own(notes: list[str]) -> list[str]:
     # The ceiling's caveats are listed once, under the ceiling; Kendall's bootstrap drops the
     # same resamples as Spearman's (same seed, same rule), so its line would repeat.
@@ -264,17 +263,17 @@ def write_html(
 ) -> Path:
     """Self-contained: no external stylesheet, script or image source."""
     cand_headers, cand_rows = _candidates_rows(table)
-    imgs = "".join(f'<img alt="{html.escape(p.stem)}" src="{data_uri(p)}">' for p in images)
+    imgs = html_images({p.stem: p for p in images})
     notes = "".join(f"<li>{html.escape(s)}</li>" for s in _notes(summary))
     intro = "".join(f"<p>{html.escape(s)}</p>" for s in _intro(summary))
     body = (
         intro
         + "".join(
             f"<h2>{html.escape(title)}</h2>"
-            + _html_table(headline_headers(summary), headline_rows(summary, block))
+            + html_table(headline_headers(summary), headline_rows(summary, block))
             + (
                 f"<p>{html.escape(_trust_intro(summary))}</p>"
-                + _html_table(TRUST_HEADERS, trust_rows(block))
+                + html_table(TRUST_HEADERS, trust_rows(block))
                 if block.get("trust")
                 else ""
             )
@@ -282,7 +281,7 @@ def write_html(
         )
         + f"<div>{imgs}</div>"
         + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
-        + f"<h2>Candidates</h2>{_html_table(cand_headers, cand_rows)}"
+        + f"<h2>Candidates</h2>{html_table(cand_headers, cand_rows)}"
     )
     return write_html_page(path, "Rank fidelity report", body)
 

@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas_proxy.io import data_uri, file_sha256, save_figure, write_html_page
+from nas_proxy.io import file_sha256, html_images, html_table, save_figure, write_html_page
 from nas_proxy.search.results import TRIALS_CSV, objective_names
 
 REPORT = "report.html"
@@ -134,15 +134,9 @@ def write_report(out: str | Path, summary: Mapping[str, Any], plots: Mapping[str
     pareto = ""
     if summary.get("pareto"):
         keys = list(summary["pareto"][0])
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(p[k]))}</td>" for k in keys) + "</tr>"
-            for p in summary["pareto"]
-        )
-        pareto = f"<h2>Pareto front</h2><table><tr>{head}</tr>{body}</table>"
-    images = "".join(
-        f'<img alt="{html.escape(name)}" src="{data_uri(path)}">' for name, path in plots.items()
-    )
+        rows = [[p[k] for k in keys] for p in summary["pareto"]]
+        pareto = f"<h2>Pareto front</h2>{html_table(keys, rows)}"
+    images = html_images(plots)
     body = (
         f"<table>{_rows(facts)}</table>{pareto}<h2>Plots</h2>"
         + (f"<div>{images}</div>" if images else "<p>No complete trial yet: nothing to plot.</p>")
