@@ -8,10 +8,11 @@ observes one seed's run per candidate, regret is judged on the seed-mean *test* 
 * full  = val_accuracy@8, cost train_s@8 (the unit of compute);
 * short = val_accuracy@1 (``short1``) and @2 (``short2``) of the same runs, cost train_s@1/@2.
   These are epochs of the 8-epoch cosine schedule, not a schedule that ends after 1-2 epochs;
-* proxy = one proxy's score per candidate from benchmarks/data/fmnist_proxy_scores.csv (the rows
-  whose ``scorer`` is ``--proxy-scorer``; cost ``wall_s``, its training and scoring, without
-  its share of the build) when that file holds it; otherwise the zero-cost score ``params``
-  (bigger is better), cost 0.
+* proxy = the scores of the ``--proxy-scorer`` proxies per candidate from
+  benchmarks/data/fmnist_proxy_scores.csv (default: the MTT proxies of distillation seeds 0 and
+  1, the runs a replay draws one from; cost ``wall_s``, training and scoring, without the
+  build's share) when that file holds them; otherwise the zero-cost score ``params`` (bigger is
+  better), cost 0.
 
 Writes a markdown table on stdout and ``regret_vs_budget.png`` under ``--out``.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +36,15 @@ from nas_proxy.search.replay import Fidelity, Stage, plot_regret, replay, single
 TABLE = ROOT / "data" / "fmnist_ground_truth.csv"
 PROXY_SCORES = ROOT / "data" / "fmnist_proxy_scores.csv"
 BUDGETS = (0.5, 1, 2, 3, 5, 8, 12)
+# The MTT proxies of two distillation seeds: a replay observes one of them per candidate.
+DEFAULT_PROXY = ("mtt@mtt-s0", "mtt@mtt-s1")
 
 
 def load_fidelities(
-    table: Path, proxy_scores: Path, proxy_scorer: str = "mtt@mtt-s0"
-) -> tuple[dict[str, Fidelity], np.ndarray, str]:
-    """Fidelities per candidate (runs = seeds), the seed-mean test accuracy, the proxy's name."""
+    table: Path, proxy_scores: Path, proxy_scorer: str | Sequence[str] = DEFAULT_PROXY
+) -> tuple[dict[str, Fidelity], np.ndarray, str, list[str]]:
+    """Fidelities per candidate (runs = seeds), the seed-mean test accuracy, the proxy's name
+    and the candidates' specs (the rows of every array)."""
     runs: dict[str, dict[int, dict]] = {}
     for rec in read_records_csv(table):
         if rec["kind"] == "full" and rec.get("history"):
@@ -64,21 +69,26 @@ def load_fidelities(
         "short1": Fidelity(per_run(1, "val_accuracy"), per_run(1, "train_s")),
         "short2": Fidelity(per_run(2, "val_accuracy"), per_run(2, "train_s")),
     }
+    scorers = [proxy_scorer] if isinstance(proxy_scorer, str) else list(proxy_scorer)
     frame = pd.read_csv(proxy_scores) if proxy_scores.exists() else pd.DataFrame()
-    frame = frame[frame["scorer"] == proxy_scorer] if len(frame) else frame
-    if len(frame):
-        frame = frame.groupby("spec").mean(numeric_only=True)
-        # A diverged training on the proxy has no score: it ranks last.
-        score = frame["score"].reindex(specs).fillna(-1.0).to_numpy(float)[:, None]
-        wall = frame["wall_s"] if "wall_s" in frame else pd.Series(0.0, index=frame.index)
-        fid["proxy"] = Fidelity(score, wall.reindex(specs).fillna(0).to_numpy(float)[:, None])
-        proxy_name = f"proxy {proxy_scorer} ({proxy_scores.name})"
+    frame = frame[frame["scorer"].isin(scorers)] if len(frame) else frame
+    if len(frame) and set(frame["scorer"]) == set(scorers):
+        # One column per proxy (e.g. two distillation seeds), shared by all candidates: a
+        # search has one proxy out of that spread. A diverged training has no score: it ranks
+        # last.
+        score, wall = [], []
+        for name in scorers:
+            mine = frame[frame["scorer"] == name].groupby("spec").mean(numeric_only=True)
+            score.append(mine["score"].reindex(specs).fillna(-1.0).to_numpy(float))
+            wall.append(mine["wall_s"].reindex(specs).fillna(0).to_numpy(float))
+        fid["proxy"] = Fidelity(np.stack(score, axis=1), np.stack(wall, axis=1), shared=True)
+        proxy_name = f"proxy {' / '.join(scorers)} ({proxy_scores.name})"
     else:
         params = np.array([next(iter(runs[s].values()))["params"] for s in specs], dtype=float)
         fid["proxy"] = Fidelity(params[:, None], np.zeros((len(specs), 1)))
-        proxy_name = f"zero-cost params ({proxy_scorer} not in {proxy_scores.name})"
+        proxy_name = f"zero-cost params ({', '.join(scorers)} not in {proxy_scores.name})"
     truth = np.nanmean(per_run(8, "test_accuracy"), axis=1)
-    return fid, truth, proxy_name
+    return fid, truth, proxy_name, specs
 
 
 POLICIES = [
@@ -89,6 +99,7 @@ POLICIES = [
     staged("proxy>short1 top .3>full", [Stage("proxy"), Stage("short1", 0.3), Stage("full")]),
     staged("proxy>short1 top .5>full", [Stage("proxy"), Stage("short1", 0.5), Stage("full")]),
     staged("proxy>short2 top .3>full", [Stage("proxy"), Stage("short2", 0.3), Stage("full")]),
+    staged("proxy>full top 3", [Stage("proxy"), Stage("full", 3)]),
     staged("short1>full top 3", [Stage("short1"), Stage("full", 3)]),
     staged("short1>full", [Stage("short1"), Stage("full")]),
 ]
@@ -101,11 +112,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "figures")
     ap.add_argument(
         "--proxy-scorer",
-        default="mtt@mtt-s0",
-        help="the proxy's scorer name in fmnist_proxy_scores.csv (e.g. dm@dm-s0, short-50steps)",
+        default=",".join(DEFAULT_PROXY),
+        help="the proxy's scorer names in fmnist_proxy_scores.csv, comma-separated (several: "
+        "the runs a replay draws from, e.g. two distillation seeds; or dm@dm-s0, short-50steps)",
     )
     args = ap.parse_args()
-    fid, truth, proxy_name = load_fidelities(TABLE, PROXY_SCORES, args.proxy_scorer)
+    fid, truth, proxy_name, _ = load_fidelities(TABLE, PROXY_SCORES, args.proxy_scorer.split(","))
     rows = replay(fid, POLICIES, BUDGETS, truth=truth, replays=args.replays, seed=args.seed)
     n = truth.size
     unit = float(np.nanmean(fid["full"].costs))

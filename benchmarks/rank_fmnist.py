@@ -293,7 +293,7 @@ def stage_rank(args: argparse.Namespace, costs: dict[str, float]) -> dict:
     ensembles = {f"{m} ensemble": ns for m, ns in method_proxy_names(args).items() if len(ns) > 1}
     tunings = {"lr": {"lr_scales": args.lr_range}} if args.lr_range else None
     summary = rank(
-        out=args.out / "rank",
+        out=args.report_dir,
         candidates_file=args.out / "candidates.yaml",
         recipe=gt_recipe(args),
         dataset="fashion-mnist",
@@ -416,6 +416,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench-rank-fmnist"))
+    p.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="folder for the rank report and RESULTS-snippet.md [OUT/rank]; one per lever run, "
+        "so that runs on other proxies keep their own",
+    )
     p.add_argument(
         "--stage", choices=["all", "candidates", "ground-truth", "distill", "rank"], default="all"
     )
@@ -541,6 +548,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for name in ("gt_table", "proxy_table"):
             if getattr(args, name) == p.get_default(name):
                 setattr(args, name, args.out / getattr(args, name).name)
+    args.report_dir = args.report_dir or args.out / "rank"
     args.proxy_dir = dict(kv.split("=", 1) for kv in args.proxy_dir)
     args.build_s = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.build_s)}
     unknown = set(args.methods) - set(METHODS) - set(args.proxy_dir)
@@ -563,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("all", "rank"):
         summary = stage_rank(args, costs)
         text = results_markdown(summary, args, time.perf_counter() - start)
-        (args.out / "RESULTS-snippet.md").write_text(text + "\n")
+        (args.report_dir / "RESULTS-snippet.md").write_text(text + "\n")
         print(text)
         print(f"report: {summary['report']}", file=sys.stderr)
     return 0

@@ -221,3 +221,21 @@ def test_replay_staged_policy_finds_the_best_and_single_fidelities_do_not():
     assert by[("full only", 4.0)]["regret_mean"] == 0.0  # a budget that trains every candidate
     # one full training of a random candidate: mean regret over the four equally likely picks
     assert by[("full only", 1.2)]["regret_mean"] == pytest.approx(0.125, abs=0.03)
+
+
+def test_replay_draws_a_shared_run_once_for_every_candidate():
+    """Two proxies (columns) that each rank a different candidate first: with ``shared`` a
+    replay sees one proxy, so the proxy's pick is always that proxy's favourite (0 or 3) and
+    never a mix of the two; per-candidate draws can mix them and pick 1 or 2 as well."""
+    scores = np.array([[0.9, 0.1], [0.5, 0.5], [0.5, 0.5], [0.1, 0.9]])
+    full = Fidelity(np.array([[0.9], [0.5], [0.5], [1.0]]), np.full((4, 1), 1.0))
+    picks = {}
+    for shared in (True, False):
+        fid = {"proxy": Fidelity(scores, np.zeros_like(scores), shared=shared), "full": full}
+        rows = replay(fid, [single("proxy")], [1.0], replays=400, seed=0)
+        picks[shared] = rows[0]
+    # shared: half the replays pick 0 (regret 0.1), half pick 3 (regret 0)
+    assert picks[True]["regret_mean"] == pytest.approx(0.05, abs=0.02)
+    assert picks[True]["regret_p90"] == pytest.approx(0.1)
+    # mixed draws sometimes put 1 or 2 on top (regret 0.5)
+    assert picks[False]["regret_mean"] > picks[True]["regret_mean"] + 0.05

@@ -19,6 +19,8 @@ from nas_proxy.models import build_model
 from nas_proxy.rank import baselines
 from nas_proxy.rank.candidates import load_candidates_file
 
+CPU = torch.device("cpu")
+
 # Small, fast candidates that still differ in quality on digits.
 CANDIDATES = [
     "mlp:hidden=16",
@@ -337,8 +339,8 @@ def test_zero_cost_scores_are_finite_and_deterministic(spec):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
     for name in baselines.ZERO_COST:
-        a = baselines.zero_cost_score(name, spec, x, y, num_classes=10, seed=3)
-        b = baselines.zero_cost_score(name, spec, x, y, num_classes=10, seed=3)
+        a = baselines.zero_cost_score(name, spec, x, y, num_classes=10, seed=3, device=CPU)
+        b = baselines.zero_cost_score(name, spec, x, y, num_classes=10, seed=3, device=CPU)
         assert a["score"] is not None and math.isfinite(a["score"]), name
         assert a["score"] == pytest.approx(b["score"]), name
 

@@ -91,6 +91,19 @@ def test_constraints_reject_before_training_and_equal_specs_are_reused(proxy, tm
     assert trials[1].value == trials[0].value and trials[1].user_attrs["wall_s"] == 0.0
 
 
+def test_grid_over_an_architectures_list_trains_each_spec_once(proxy, tmp_path):
+    from nas_proxy.models import parse_spec
+
+    specs = ["mlp:hidden=16", "convnet:depth=1,width=4", "convnet:depth=1,width=8,norm=batch"]
+    space = tmp_path / "shortlist.yaml"
+    space.write_text("architectures:\n" + "".join(f"  - {s}\n" for s in specs))
+    res = search(proxy, space, tmp_path / "s", trials=3, sampler="grid", pruner="none")
+    assert res["complete"] == 3 and res.get("reused", 0) == 0
+    trials = open_study(res["storage"], res["study"]).trials
+    assert sorted(t.user_attrs["arch"] for t in trials) == sorted(str(parse_spec(s)) for s in specs)
+    assert all(t.params["arch"] == t.user_attrs["arch"] for t in trials)
+
+
 def test_failing_trials_are_recorded_and_the_study_goes_on(
     proxy, tiny_space, tmp_path, monkeypatch
 ):

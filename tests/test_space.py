@@ -123,3 +123,43 @@ def test_model_that_cannot_build_at_the_input_size_names_the_line(tmp_path):
     )
     with pytest.raises(UserError, match=r"space.yaml:\d+: .*does not build"):
         load_space(path).check_build((64,), 10)  # a convnet needs images
+
+
+def test_architectures_list_is_one_categorical_over_canonical_specs(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        description: a shortlist
+        architectures:
+          - mlp:depth=1,hidden=32
+          - convnet:width=16,depth=1
+    """,
+    )
+    space = load_space(path)
+    canonical = [
+        str(parse_spec("mlp:depth=1,hidden=32")),
+        str(parse_spec("convnet:depth=1,width=16")),
+    ]
+    assert space.architectures == tuple(canonical)
+    assert space.grid() == {"arch": canonical} and not space.numeric
+    assert set(space.sample(20, seed=0)) == set(canonical)  # both drawn, nothing else
+    space.check_build((1, 8, 8), 10)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("architectures: mlp\n", "non-empty list"),
+        ("architectures: []\n", "non-empty list"),
+        ("architectures:\n  - mlp\n  - 3\n", "item 2 is not a spec string"),
+        ("architectures:\n  - mlp:colour=red\n", "item 1 (mlp:colour=red) is not a valid spec"),
+        ("architectures:\n  - mlp:depth=1\n  - mlp:depth=1,act=relu\n", "repeats item 1"),
+        ("architectures: [mlp]\nfamilies:\n  mlp: {}\n", "not both"),
+    ],
+)
+def test_architectures_errors_name_file_and_line(tmp_path, body, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(UserError, match=r"bad\.yaml:\d+:") as e:
+        load_space(path)
+    assert words in str(e.value)

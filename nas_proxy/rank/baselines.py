@@ -133,7 +133,7 @@ def zero_cost_score(
     *,
     num_classes: int,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: torch.device,
 ) -> dict[str, float | None]:
     """``{"score", "wall_s"}`` of one training-free score for ``spec``.
 

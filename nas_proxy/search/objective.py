@@ -82,7 +82,7 @@ class Objective:
         *,
         objectives: Sequence[str] = ("accuracy",),
         seed: int = 0,
-        device: str | torch.device = "cpu",
+        device: torch.device,
         epochs: int | None = None,
         lr: float | None = None,
         max_params: int | None = None,

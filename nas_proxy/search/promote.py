@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -43,6 +43,9 @@ from nas_proxy.study_records import (
     record_promoted,
 )
 from nas_proxy.study_storage import advisory_lock, lock_key
+
+if TYPE_CHECKING:
+    import torch
 
 _STAGE = re.compile(r"^(?P<name>[A-Za-z][\w-]*):(?P<opts>.+)$")
 
@@ -137,7 +140,7 @@ def run_promotion(
     *,
     storage: str = "",
     seed: int = 0,
-    device: Any = "cpu",
+    device: torch.device,
 ) -> list[tuple[str, int]]:
     """Train promoted candidates until every stage is finished (see the module docstring);
     returns the (stage, trial) pairs this call trained. ``storage``: the study's URL; on

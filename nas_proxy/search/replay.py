@@ -33,10 +33,15 @@ from nas_proxy.errors import UserError
 @dataclass(frozen=True)
 class Fidelity:
     """Measured runs of every candidate at one fidelity: ``scores`` and ``costs`` are
-    candidates × runs (NaN where a candidate has fewer runs); costs in seconds."""
+    candidates × runs (NaN where a candidate has fewer runs); costs in seconds.
+
+    ``shared``: the runs are shared by every candidate, and a replay observes one run for all
+    of them: the columns of a proxy are proxies distilled with different seeds, and a search
+    has one. Otherwise (trainings) each candidate's run is drawn on its own."""
 
     scores: np.ndarray
     costs: np.ndarray
+    shared: bool = False
 
     def __post_init__(self) -> None:
         if self.scores.shape != self.costs.shape or self.scores.ndim != 2:
@@ -151,9 +156,13 @@ def replay(
 
 
 def _observe(f: Fidelity, rng: np.random.Generator, unit: float) -> tuple[np.ndarray, np.ndarray]:
-    """One measured run per candidate, drawn among its finite runs."""
+    """One measured run per candidate, drawn among its finite runs (one run for all of them
+    when the fidelity is ``shared``; a candidate without that run gets one of its own)."""
     finite = np.isfinite(f.scores)
     pick = np.array([rng.choice(np.flatnonzero(row)) for row in finite])
+    if f.shared:
+        column = int(rng.integers(f.scores.shape[1]))
+        pick = np.where(finite[:, column], column, pick)
     rows = np.arange(f.scores.shape[0])
     return f.scores[rows, pick], np.nan_to_num(f.costs[rows, pick]) / unit
 

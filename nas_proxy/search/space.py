@@ -10,6 +10,9 @@ themselves: ``convnet``, ``mlp``, ``timm_small``, ``mixed``). In short::
         widths: {choices: [16, 32, 64], per_layer: depth, when: {depth: {min: 2}}}
         lr_free_key: 0.0                           # a scalar is a fixed value
 
+or, instead of ``families``, a fixed list of specs (``architectures: [timm:resnet18, mlp]``): one
+categorical parameter ``arch`` over them, for screening a shortlist across fidelities.
+
 Each family entry maps spec keys to a choice, a range or a fixed value. A space with several
 families gets a top-level categorical parameter ``family``, and every other parameter is then
 named ``FAMILY.key`` so that two families never share an Optuna distribution. The mapping from
@@ -39,7 +42,8 @@ FAMILY_PARAM = "family"
 MAX_LAYERS = 32  # per-layer parameters: a sanity bound on the number a depth key may ask for
 _KINDS = ("choices", "int", "float", "value")
 _PARAM_KEYS = (*_KINDS, "step", "log", "when", "per_layer")
-_TOP_KEYS = ("families", "description")
+_TOP_KEYS = ("families", "architectures", "description")
+ARCH_PARAM = "arch"  # the one parameter of an ``architectures:`` space
 # The model name of families whose spec is ``FAMILY:NAME,key=value`` (timm); see _spec_text.
 HEAD_KEY = "model"
 
@@ -194,6 +198,8 @@ class SearchSpace:
     families: tuple[FamilySpace, ...]
     description: str = ""
     sha256: str = ""
+    # A fixed list of canonical specs (an ``architectures:`` file), searched instead of families.
+    architectures: tuple[str, ...] = ()
     _checked_shapes: set = field(default_factory=set, repr=False)
 
     @property
@@ -202,6 +208,8 @@ class SearchSpace:
 
     def suggest(self, trial: optuna.Trial) -> str:
         """Suggest every active parameter on ``trial`` and return the canonical spec string."""
+        if self.architectures:
+            return str(trial.suggest_categorical(ARCH_PARAM, self.architectures))
         if self.multi_family:
             name = trial.suggest_categorical(FAMILY_PARAM, [f.family for f in self.families])
             fam = next(f for f in self.families if f.family == name)
@@ -227,6 +235,8 @@ class SearchSpace:
 
     def grid(self) -> dict[str, list[Any]]:
         """Every parameter's values for Optuna's GridSampler; UserError if one is continuous."""
+        if self.architectures:
+            return {ARCH_PARAM: list(self.architectures)}
         out: dict[str, list[Any]] = {}
         if self.multi_family:
             out[FAMILY_PARAM] = [f.family for f in self.families]
@@ -256,11 +266,11 @@ class SearchSpace:
         collapses an 8×8 image, a kwarg timm rejects), naming the line. No training; each
         distinct spec is built once.
         """
-        from nas_proxy.models import build_model
-
         key = (tuple(in_shape), num_classes)
         if key in self._checked_shapes:
             return
+        for spec in self.architectures:
+            _check_builds(spec, in_shape, num_classes, f"{self.path}: architectures: {spec}")
         built: set[str] = set()
         for fam in self.families:
             for p in fam.params:
@@ -271,18 +281,21 @@ class SearchSpace:
                     spec = _canonical(
                         str(self.path), fam, _base_values(fam, {p.key: value}), line=p.line
                     )
-                    if spec in built:
-                        continue
-                    built.add(spec)
-                    try:
-                        build_model(spec, tuple(in_shape), num_classes)
-                    except Exception as e:  # UserError or a model that crashes on this shape
-                        reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-                        raise UserError(
-                            f"{self.path}:{p.line}: {p.key}={_format(value)} does "
-                            f"not build for input {tuple(in_shape)}: {reason}"
-                        ) from None
+                    if spec not in built:
+                        built.add(spec)
+                        where = f"{self.path}:{p.line}: {p.key}={_format(value)}"
+                        _check_builds(spec, in_shape, num_classes, where)
         self._checked_shapes.add(key)
+
+
+def _check_builds(spec: str, in_shape: Sequence[int], num_classes: int, where: str) -> None:
+    from nas_proxy.models import build_model
+
+    try:
+        build_model(spec, tuple(in_shape), num_classes)
+    except Exception as e:  # UserError or a model that crashes on this shape
+        reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        raise UserError(f"{where} does not build for input {tuple(in_shape)}: {reason}") from None
 
 
 # --------------------------------------------------------------------------- spec mapping
@@ -396,13 +409,21 @@ def load_space(path: str | Path) -> SearchSpace:
     data = _read_yaml(path)
     where = str(path)
     if not isinstance(data, _Map):
-        raise UserError(f"{where}: expected a mapping with a 'families' key")
+        raise UserError(f"{where}: expected a mapping with a 'families' or 'architectures' key")
     for key in data:
         if key not in _TOP_KEYS:
             raise UserError(
                 f"{where}:{data.key_lines[key]}: unknown key {key!r}; allowed: "
                 f"{', '.join(_TOP_KEYS)}"
             )
+    description = str(data.get("description", ""))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if "architectures" in data:
+        if "families" in data:
+            raise UserError(f"{where}:{data.line}: give 'families' or 'architectures', not both")
+        line = data.key_lines["architectures"]
+        specs = _parse_architectures(f"{where}:{line}", data["architectures"])
+        return SearchSpace(path, (), description, digest, architectures=specs)
     families = data.get("families")
     if not isinstance(families, _Map) or not families:
         line = data.key_lines.get("families", data.line)
@@ -412,14 +433,33 @@ def load_space(path: str | Path) -> SearchSpace:
         _parse_family(where, str(name), body, families.key_lines[name], multi)
         for name, body in families.items()
     )
-    space = SearchSpace(
-        path=path,
-        families=parsed,
-        description=str(data.get("description", "")),
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-    )
+    space = SearchSpace(path=path, families=parsed, description=description, sha256=digest)
     _validate_combinations(space)
     return space
+
+
+def _parse_architectures(at: str, items: Any) -> tuple[str, ...]:
+    """``architectures: [spec, ...]``: canonical, distinct specs the model registry accepts."""
+    from nas_proxy.models import parse_spec
+
+    if not isinstance(items, list) or not items:
+        raise UserError(f"{at}: 'architectures' must be a non-empty list of architecture specs")
+    specs: list[str] = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, str):
+            raise UserError(f"{at}: architectures item {i} is not a spec string: {item!r}")
+        try:
+            spec = str(parse_spec(item))
+        except UserError as e:
+            raise UserError(
+                f"{at}: architectures item {i} ({item}) is not a valid spec: {e}"
+            ) from None
+        if spec in specs:
+            raise UserError(
+                f"{at}: architectures item {i} ({item}) repeats item {specs.index(spec) + 1}"
+            )
+        specs.append(spec)
+    return tuple(specs)
 
 
 def _parse_family(where: str, family: str, body: Any, line: int, multi: bool) -> FamilySpace:

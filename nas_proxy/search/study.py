@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -39,6 +39,9 @@ from nas_proxy.search.workers import (
 )
 from nas_proxy.study_records import DEFAULT_STUDY, MAX_STUDY_NAME, real_studies
 from nas_proxy.study_storage import default_storage, make_storage, redact
+
+if TYPE_CHECKING:
+    import torch
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -117,7 +120,7 @@ def run_search(
     sampler: str | None = None,
     pruner: str | None = None,
     seed: int = 0,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     devices: Sequence[str] | None = None,
     epochs: int | None = None,
     lr: float | None = None,
