@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from nas_proxy.search import count_trials, open_study, run_search, set_full_score
 from nas_proxy.search import trials_dataframe as frame_of
@@ -180,8 +181,10 @@ def test_kill_9_then_rerun_reaches_the_count_with_nothing_running(
         str(out),
         "--trials",
         "3",
+        # Long enough (about a second per trial) that the kill lands inside a trial: with a
+        # few epochs a trial ends within the poll interval and the kill can fall between two.
         "--epochs",
-        "8",
+        "300",
         "--device",
         "cpu",
         "--pruner",
@@ -206,7 +209,9 @@ def test_kill_9_then_rerun_reaches_the_count_with_nothing_running(
         except Exception:  # not created yet
             continue
         c = count_trials(study)
-        if c.finished >= 1 and c.running == 1:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        # mid-training: one finished, the next has reported its first evaluation (of ten)
+        if c.finished >= 1 and len(running) == 1 and running[0].intermediate_values:
             break
     assert p.poll() is None, "the search ended before it could be killed"
     os.kill(p.pid, signal.SIGKILL)
