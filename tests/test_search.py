@@ -103,6 +103,9 @@ def test_grid_over_an_architectures_list_trains_each_spec_once(proxy, tmp_path):
     trials = open_study(res["storage"], res["study"]).trials
     assert sorted(t.user_attrs["arch"] for t in trials) == sorted(str(parse_spec(s)) for s in specs)
     assert all(t.params["arch"] == t.user_attrs["arch"] for t in trials)
+    # no pruner reads them, so nothing is evaluated during training: one score, at the end
+    # (with a pruner, 2 epochs are scored at epochs 1 and 2)
+    assert all(list(t.intermediate_values) == [2] for t in trials)
 
 
 def test_failing_trials_are_recorded_and_the_study_goes_on(
@@ -187,10 +190,8 @@ def test_kill_9_then_rerun_reaches_the_count_with_nothing_running(
         "300",
         "--device",
         "cpu",
-        "--pruner",
-        "none",
-        "--json",
-    )
+        "--json",  # the default pruner (median) never prunes the first 5 trials, but it makes
+    )  # trials report their evaluations, which the loop below waits for
     env = {**os.environ, "NAS_PROXY_NO_PROGRESS": "1"}
     p = subprocess.Popen(
         [sys.executable, "-m", "nas_proxy", "search", *args],

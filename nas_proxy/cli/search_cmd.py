@@ -81,8 +81,9 @@ def _csv(value: str | None) -> list[str] | None:
     "--pruner",
     type=PRUNERS,
     default=None,
-    help="Prunes on per-epoch val accuracy. Default: median (one "
-    "objective), none (several: Optuna cannot prune them).",
+    help="Prunes on val accuracy scored about ten times per candidate. Default: median (one "
+    "objective), none (several: Optuna cannot prune them). With none, each candidate is "
+    "scored once, at the end (cheaper).",
 )
 @click.option(
     "--epochs",

@@ -88,6 +88,7 @@ class Objective:
         max_params: int | None = None,
         max_flops: int | None = None,
         worker: str = "",
+        report: bool = True,
     ) -> None:
         self.space = space
         self.proxy = proxy
@@ -95,7 +96,10 @@ class Objective:
         self.objectives = tuple(objectives)
         self.seed = seed  # the training seed: the same for every trial, so equal specs tie
         self.device = device
-        self.overrides = {"epochs": epochs, "lr": lr}
+        # Scoring real validation data costs more than an epoch on the proxy: evaluate during
+        # training (about ten times, the proxy's default) only when a pruner reads the reports;
+        # otherwise once, at the end.
+        self.overrides = {"epochs": epochs, "lr": lr, "eval_every": None if report else 0}
         self.max_params = max_params
         self.max_flops = max_flops
         self.worker = worker

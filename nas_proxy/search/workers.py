@@ -184,6 +184,7 @@ def build_worker(cfg: WorkerConfig) -> tuple[optuna.Study, Any]:
         max_params=cfg.max_params,
         max_flops=cfg.max_flops,
         worker=worker_id(),
+        report=cfg.pruner != "none" and not multi,  # Optuna cannot prune multi-objective
     )
     return study, objective
 
