@@ -36,6 +36,7 @@ from nas_proxy.search.replay import Fidelity, Stage, plot_regret, replay, single
 TABLE = ROOT / "data" / "fmnist_ground_truth.csv"
 PROXY_SCORES = ROOT / "data" / "fmnist_proxy_scores.csv"
 BUDGETS = (0.5, 1, 2, 3, 5, 8, 12)
+FULL_EPOCHS = 8  # the ground truth's schedule: epoch 8 is "full"
 # The MTT proxies of two distillation seeds: a replay observes one of them per candidate.
 DEFAULT_PROXY = ("mtt@mtt-s0", "mtt@mtt-s1")
 
@@ -49,7 +50,9 @@ def load_fidelities(
     for rec in read_records_csv(table):
         if rec["kind"] == "full" and rec.get("history"):
             runs.setdefault(rec["spec"], {})[rec["seed"]] = rec
-    specs = sorted(s for s, r in runs.items() if all(len(x["history"]) >= 8 for x in r.values()))
+    specs = sorted(
+        s for s, r in runs.items() if all(len(x["history"]) >= FULL_EPOCHS for x in r.values())
+    )
     seeds = sorted({seed for s in specs for seed in runs[s]})
 
     def per_run(epoch: int, field: str) -> np.ndarray:
@@ -65,7 +68,7 @@ def load_fidelities(
         )
 
     fid = {
-        "full": Fidelity(per_run(8, "val_accuracy"), per_run(8, "train_s")),
+        "full": Fidelity(per_run(FULL_EPOCHS, "val_accuracy"), per_run(FULL_EPOCHS, "train_s")),
         "short1": Fidelity(per_run(1, "val_accuracy"), per_run(1, "train_s")),
         "short2": Fidelity(per_run(2, "val_accuracy"), per_run(2, "train_s")),
     }
@@ -87,7 +90,7 @@ def load_fidelities(
         params = np.array([next(iter(runs[s].values()))["params"] for s in specs], dtype=float)
         fid["proxy"] = Fidelity(params[:, None], np.zeros((len(specs), 1)))
         proxy_name = f"zero-cost params ({', '.join(scorers)} not in {proxy_scores.name})"
-    truth = np.nanmean(per_run(8, "test_accuracy"), axis=1)
+    truth = np.nanmean(per_run(FULL_EPOCHS, "test_accuracy"), axis=1)
     return fid, truth, proxy_name, specs
 
 

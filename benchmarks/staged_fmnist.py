@@ -31,7 +31,13 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from promote_replay import DEFAULT_PROXY, PROXY_SCORES, TABLE, load_fidelities  # noqa: E402
+from promote_replay import (  # noqa: E402
+    DEFAULT_PROXY,
+    FULL_EPOCHS,
+    PROXY_SCORES,
+    TABLE,
+    load_fidelities,
+)
 
 from nas_proxy.search.replay import Stage, replay, staged  # noqa: E402
 
@@ -94,6 +100,11 @@ def main() -> None:
     # The replay's table: the MTT proxies of two distillation seeds, as promote_replay.py.
     fid, truth, _, specs = load_fidelities(TABLE, PROXY_SCORES, DEFAULT_PROXY)
     unit = float(np.nanmean(fid["full"].costs))
+    stages = [parse_stage(p) for p in promote]
+    # Checked before any training: the replay needs each stage's epochs in the table.
+    unknown = [f"{s.name}:epochs={s.epochs}" for s in stages if _fidelity(s.epochs) not in fid]
+    if unknown:
+        sys.exit(f"--promote {', '.join(unknown)}: the table holds epochs 1, 2, {FULL_EPOCHS}")
     space = args.out / "space.yaml"
     write_space(space, specs)
     start = time.time()
@@ -113,7 +124,6 @@ def main() -> None:
     )
     wall = time.time() - start
     cpu = cpu_info()
-    stages = [parse_stage(p) for p in promote]
     study = open_study(f"sqlite:///{args.out / 'study.db'}")
     table = run_table(study, stages, specs)
     RUN_CSV.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +198,8 @@ def main() -> None:
             continue
         lines.append(
             f"- Stage {stage.name} ({stage.epochs} epochs) against the table's "
-            f"{_fidelity(stage.epochs)} (epoch {stage.epochs} of the 8-epoch runs, seed mean): "
+            f"{_fidelity(stage.epochs)} (epoch {stage.epochs} of the {FULL_EPOCHS}-epoch runs, "
+            "seed mean): "
             f"Spearman {_rho(got, ref):.3f} over {len(got)}, mean score "
             f"{100 * got.mean():.2f} % vs {100 * ref[got.index].mean():.2f} %."
         )
@@ -196,7 +207,7 @@ def main() -> None:
 
 
 def _fidelity(epochs: int) -> str:
-    return "full" if epochs == 8 else f"short{epochs}"
+    return "full" if epochs == FULL_EPOCHS else f"short{epochs}"
 
 
 def _rho(a: pd.Series, b: pd.Series) -> float:
