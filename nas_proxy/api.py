@@ -60,7 +60,8 @@ def search(
     promote: Sequence[str] = (),
     **options: Any,
 ) -> dict[str, Any]:
-    """Search the ``space`` (a YAML file or a shipped space's name) on ``proxy`` for ``trials``
+    """Search the ``space`` (a YAML file or a shipped space's name) on ``proxy`` (a proxy
+    folder, or ``"real:DATASET[:steps=N]"`` for short real training) for ``trials``
     finished trials; the study and trials.csv go to ``out`` (a rerun resumes). ``promote``: the
     real-data stages that follow, lowest first, as ``--promote`` spells them (e.g.
     ``["short:epochs=1,top=0.2", "full:epochs=15,top=3"]``). ``options``: the rest of

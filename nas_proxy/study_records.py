@@ -153,12 +153,18 @@ def mirror_real_score(
     if source is None:
         raise UserError(f"study {study.study_name} has no trial {trial_number}")
     # The search's own storage object: the sibling lives beside the study, whatever the URL.
-    sibling = optuna.create_study(
-        storage=study._storage,
-        study_name=real_study_name(study.study_name, fidelity),
-        direction="maximize",  # real-data scores are validation accuracies
-        load_if_exists=True,
-    )
+    # Optuna logs each create-or-load at INFO, once per recorded score: silenced.
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        sibling = optuna.create_study(
+            storage=study._storage,
+            study_name=real_study_name(study.study_name, fidelity),
+            direction="maximize",  # real-data scores are validation accuracies
+            load_if_exists=True,
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     if "source_study" not in sibling.user_attrs:
         sibling.set_user_attr("source_study", study.study_name)
         sibling.set_user_attr("fidelity", fidelity)

@@ -319,3 +319,39 @@ def test_cli_distill_tiny_digits(experts_root, tmp_path):
     args[args.index("--out") + 1] = str(tmp_path / "nan")
     res = CliRunner().invoke(main, [*args, "--lr-img", "1e30"])
     assert isinstance(res.exception, UserError) and "checkpoint" in str(res.exception)
+
+
+def test_hardsigmoid_gates_are_unrolled_and_other_failures_stop_before_experts(
+    digits, tmp_path, monkeypatch, no_grid
+):
+    from nas_proxy.distill.unroll import second_order_error
+    from nas_proxy.models import layers
+
+    spec = "timm:mobilenetv3_small_050"  # squeeze-excite gates use nn.Hardsigmoid
+    raw = build_model(spec, digits.shape, 10).train()
+    assert "hardsigmoid_backward" in second_order_error(raw, digits.shape)
+    fixed = layers.twice_differentiable(build_model(spec, digits.shape, 10).train())
+    fixed.load_state_dict(raw.state_dict())
+    assert second_order_error(fixed, digits.shape) is None
+    x = torch.randn(4, *digits.shape)
+    torch.testing.assert_close(fixed.eval()(x), raw.eval()(x))
+
+    opts = {**TINY, "arch": [spec], "num_experts": 1, "max_start_epoch": 0, "syn_steps": 2}
+    summary = distill(
+        "mtt", digits, 1, tmp_path / "p", {**opts, "experts": tmp_path / "e"}, seed=0, device=CPU
+    )
+    assert load_proxy(summary["dir"]).images.shape[0] == 10
+
+    # Without the replacement torch's own error is caught before any expert trains.
+    monkeypatch.setattr(layers, "twice_differentiable", lambda m: m)
+    with pytest.raises(UserError, match="second derivative.*hardsigmoid_backward"):
+        distill(
+            "mtt",
+            digits,
+            1,
+            tmp_path / "q",
+            {**opts, "experts": tmp_path / "f"},
+            seed=0,
+            device=CPU,
+        )
+    assert not (tmp_path / "f").exists() or not any((tmp_path / "f").iterdir())

@@ -185,15 +185,9 @@ def config_option(f: Callable) -> Callable:
     )(f)
 
 
-def proxy_option(f: Callable) -> Callable:
-    """``--proxy DIR`` (one proxy folder, passed as ``proxy_dir``)."""
-    return click.option(
-        "--proxy",
-        "proxy_dir",
-        required=True,
-        type=click.Path(),
-        help="Proxy folder made by `nas-proxy distill`.",
-    )(f)
+def proxy_option(help: str = "Proxy folder made by `nas-proxy distill`.") -> Callable:
+    """``--proxy DIR`` (one proxy, passed as ``proxy_dir``)."""
+    return click.option("--proxy", "proxy_dir", required=True, type=click.Path(), help=help)
 
 
 def json_option(f: Callable) -> Callable:

@@ -8,7 +8,7 @@ from nas_proxy.cli.common import config_option, emit, json_option, main, proxy_o
 
 
 @main.command("export")
-@proxy_option
+@proxy_option()
 @click.option(
     "--out",
     required=True,

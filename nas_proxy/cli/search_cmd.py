@@ -13,7 +13,12 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 @main.command("search")
-@proxy_option
+@proxy_option(
+    "Proxy folder made by `nas-proxy distill`, or real:DATASET[:steps=N] to train each "
+    "candidate for N optimizer steps (default 200) on the real training data instead, the "
+    "cosine schedule ending inside them (docs/fidelity.md says which ranks better at which "
+    "budget)."
+)
 @click.option(
     "--space",
     "space_path",
@@ -158,7 +163,9 @@ def search_command(
 
     space_path = resolve_space(space_path)  # a file path for the workers, whatever the cwd
     if dry_run:
-        result = sample_specs(proxy_dir, space_path, trials, seed=seed)
+        result = sample_specs(
+            proxy_dir, space_path, trials, seed=seed, data_dir=data_dir, download=download
+        )
         lines = [
             f"{s['arch']}  params={s['params']:,}  flops={s['flops']:,}" for s in result["samples"]
         ]

@@ -52,7 +52,7 @@ from nas_proxy.distill.options import MTTOptions, method_options
 from nas_proxy.distill.presets import resolve_options
 from nas_proxy.distill.proxy import save_proxy
 from nas_proxy.distill.subsets import resolve_dsa
-from nas_proxy.distill.unroll import unroll_sgd
+from nas_proxy.distill.unroll import second_order_error, unroll_sgd
 from nas_proxy.errors import UserError
 from nas_proxy.experts import ExpertCache, ensure_experts
 from nas_proxy.recipe import PROXY_RECIPE, ExpertSettings
@@ -230,11 +230,27 @@ def mtt_config(
 def _students(
     dataset: Dataset, cfg: MTTConfig, root: Path, workers: int, device: torch.device
 ) -> list[Student]:
-    """Experts for every architecture (trained first when missing) and functional templates."""
-    from nas_proxy.models import build_model
+    """Experts for every architecture (trained first when missing) and functional templates.
 
-    students = []
+    Each template is checked first (before hours of experts): trajectory matching needs the
+    second derivative of its training step."""
+    from nas_proxy.models import build_model
+    from nas_proxy.models.layers import twice_differentiable
+
+    templates = []
     for spec in cfg.arch:
+        model = build_model(spec, dataset.shape, dataset.num_classes).to(device).train()
+        model = twice_differentiable(model)
+        reason = second_order_error(model, dataset.shape)
+        if reason:
+            raise UserError(
+                f"--arch {spec}: trajectory matching differentiates through training steps, "
+                f"and torch cannot take the second derivative of this model's ({reason}); "
+                "distil with another architecture"
+            )
+        templates.append(model)
+    students = []
+    for spec, model in zip(cfg.arch, templates, strict=True):
         cache = ensure_experts(
             dataset,
             spec,
@@ -245,7 +261,6 @@ def _students(
             device=device,
             workers=workers,
         )
-        model = build_model(cache.spec, dataset.shape, dataset.num_classes).to(device).train()
         students.append(
             Student(
                 cache.spec,

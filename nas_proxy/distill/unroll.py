@@ -229,3 +229,23 @@ class _UnrollFunction(torch.autograd.Function):
         grad_y = grads_by_input.get(id(y_leaf))
         grad_params = [a if need else None for a, need in zip(adjoint, need_params, strict=True)]
         return (None, grad_lr if need_lr else None, grad_x, grad_y, *grad_params)
+
+
+def second_order_error(model: nn.Module, in_shape: tuple[int, ...]) -> str | None:
+    """Why trajectory matching cannot differentiate through ``model``'s training steps (the
+    first line of torch's error: an operation whose backward has no derivative), or None.
+    Two images through one step's gradient and back, on the model's device; cheap enough to
+    run before experts are trained for it."""
+    param = next(model.parameters())
+    g = torch.Generator(device=param.device).manual_seed(0)  # the global RNG stays untouched
+    x = torch.randn(2, *in_shape, device=param.device, generator=g).requires_grad_()
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for _, p in model.named_parameters()]
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    try:
+        out = functional_call(model, (dict(zip(names, params, strict=True)), buffers), (x,))
+        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+        torch.autograd.grad(sum(g.square().sum() for g in grads), x)
+    except (RuntimeError, NotImplementedError) as e:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return None

@@ -53,3 +53,24 @@ def _pool_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     m[i, 2 * i] = 0.5
     m[i, 2 * i + 1] = 0.5
     return m
+
+
+class Hardsigmoid(nn.Module):
+    """``relu6(x + 3) / 6``, torch's ``nn.Hardsigmoid`` in ops whose backward torch can
+    differentiate: it has no derivative for ``hardsigmoid_backward``, and trajectory matching
+    differentiates through each training step's backward (the squeeze-excite gates of
+    MobileNetV3, LCNet and GhostNet use it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.relu6(x + 3.0) / 6.0
+
+
+def twice_differentiable(model: nn.Module) -> nn.Module:
+    """``model`` with every ``nn.Hardsigmoid`` replaced by :class:`Hardsigmoid` (the same
+    function), in place; the other activations torch ships differentiate twice already."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Hardsigmoid):
+            setattr(model, name, Hardsigmoid())
+        else:
+            twice_differentiable(child)
+    return model

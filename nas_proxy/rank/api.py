@@ -30,13 +30,15 @@ def _search_proxy(
     study, proxy_dir: str | None, build_s: dict[str, float] | None
 ) -> tuple[dict[str, Any], str | None]:
     """Name and distillation cost of the proxy a study was searched on (from its attributes)."""
-    from nas_proxy.distill.proxy import load_proxy
+    from nas_proxy.distill.proxy import is_real_ref, load_proxy
 
     attrs = study.user_attrs
     path = proxy_dir or attrs.get("proxy") or attrs.get("proxy_dir")
     info: dict[str, Any] = {"name": "search", "amortized_s": None, "study": study.study_name}
     dataset = attrs.get("dataset")
-    if path and Path(path).exists():
+    if path and is_real_ref(path):  # searched on short real training: nothing was built
+        info.update(name=f"{path} (search)", amortized_s=0.0, method="real")
+    elif path and Path(path).exists():
         meta = load_proxy(path).meta
         info.update(
             name=f"{meta.get('method', 'search')} (search)",

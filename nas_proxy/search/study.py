@@ -57,7 +57,7 @@ def _settings_fingerprint(
     """What decides a trial's score: a study is only resumed under the same settings."""
     return {
         "space_sha256": space.sha256,
-        "proxy_sha256": proxy.meta.get("tensors_sha256"),
+        "proxy_sha256": proxy.fingerprint,
         "objectives": list(objectives),
         "seed": seed,
         "epochs": epochs,
@@ -144,7 +144,7 @@ def run_search(
     it sees trials finish (within a second), with its own copy of the study, where
     ``study.stop()`` is refused (RuntimeError)."""
     from nas_proxy.data import load_dataset
-    from nas_proxy.distill.proxy import check_compatible, load_proxy
+    from nas_proxy.distill.proxy import check_compatible, is_real_ref, open_proxy
     from nas_proxy.search.objective import parse_objectives
     from nas_proxy.search.space import load_space
 
@@ -174,10 +174,10 @@ def run_search(
         )
     out = Path(out)
     space = load_space(space_path)
-    proxy = load_proxy(proxy_dir)
+    proxy = open_proxy(proxy_dir, data_dir=data_dir, download=download)
     space.check_build(tuple(proxy.images.shape[1:]), proxy.num_classes)
     make_sampler(sampler, space, seed, multi=multi)  # fail early
-    if workers > 1:  # worker processes check it too, but their errors are not one line
+    if workers > 1 and proxy.data is None:  # workers check it too, but not in one line
         check_compatible(proxy, load_dataset(proxy.meta["dataset"], data_dir, download))
     url = storage or default_storage(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def run_search(
                 storage=url,
                 study_name=study_name,
                 space=str(space.path.resolve()),  # a shipped space name resolved to its file
-                proxy=str(Path(proxy_dir).resolve()),
+                proxy=str(proxy_dir) if is_real_ref(proxy_dir) else str(Path(proxy_dir).resolve()),
                 target=trials,
                 lock_path=str(lock_path),
                 objectives=objectives,
@@ -314,14 +314,22 @@ class _Progress:
         write_trials_csv(self.study, self.csv_path)
 
 
-def dry_run(proxy_dir: str | Path, space_path: str | Path, n: int, seed: int = 0) -> dict[str, Any]:
+def dry_run(
+    proxy_dir: str | Path,
+    space_path: str | Path,
+    n: int,
+    seed: int = 0,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+) -> dict[str, Any]:
     """``n`` specs sampled at random from the space, with params and FLOPs; nothing trains."""
-    from nas_proxy.distill.proxy import load_proxy
+    from nas_proxy.distill.proxy import open_proxy
     from nas_proxy.models import model_profile
     from nas_proxy.search.space import load_space
 
     space = load_space(space_path)
-    proxy = load_proxy(proxy_dir)
+    proxy = open_proxy(proxy_dir, data_dir=data_dir, download=download)
     in_shape = tuple(proxy.images.shape[1:])
     space.check_build(in_shape, proxy.num_classes)
     samples = [

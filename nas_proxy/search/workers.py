@@ -92,7 +92,7 @@ class WorkerConfig:
     storage: str
     study_name: str
     space: str
-    proxy: str
+    proxy: str  # a resolved folder, or a real-data reference (real:DATASET[:...])
     target: int
     lock_path: str
     objectives: tuple[str, ...]
@@ -152,7 +152,7 @@ def build_worker(cfg: WorkerConfig) -> tuple[optuna.Study, Any]:
     import torch
 
     from nas_proxy.data import load_dataset
-    from nas_proxy.distill.proxy import check_compatible, load_proxy
+    from nas_proxy.distill.proxy import check_compatible, open_proxy
     from nas_proxy.runtime import resolve_device
     from nas_proxy.search.objective import Objective
     from nas_proxy.search.space import load_space
@@ -160,8 +160,10 @@ def build_worker(cfg: WorkerConfig) -> tuple[optuna.Study, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     space = load_space(cfg.space)
-    proxy = load_proxy(cfg.proxy)
-    dataset = load_dataset(proxy.meta["dataset"], data_dir=cfg.data_dir, download=cfg.download)
+    proxy = open_proxy(cfg.proxy, data_dir=cfg.data_dir, download=cfg.download)
+    dataset = proxy.data or load_dataset(
+        proxy.meta["dataset"], data_dir=cfg.data_dir, download=cfg.download
+    )
     check_compatible(proxy, dataset)  # once, not as a failure of every trial
     epochs = cfg.epochs or int(proxy.recipe["epochs"])
     multi = len(cfg.objectives) > 1
