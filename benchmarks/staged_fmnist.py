@@ -2,6 +2,9 @@
 
     python benchmarks/staged_fmnist.py [--proxy runs/bench-rank-fmnist/proxies/mtt-s0]
         [--out runs/staged-fmnist] [--workers 2]
+    python benchmarks/staged_fmnist.py --proxy real:fashion-mnist --proxy-scorer short-200steps \
+        --replay-proxy short-200steps --promote full:epochs=8,top=3 --out runs/staged-real \
+        --run-csv benchmarks/data/fmnist_staged_real_run.csv
 
 The search space is the 44 candidates of the committed ground truth
 (benchmarks/data/fmnist_ground_truth.csv), written as an ``architectures:`` space, so that the
@@ -11,8 +14,9 @@ minus the pick's. The grid sampler screens each candidate once on the proxy (no 
 replay does not model it), then the ``--promote`` stages train on the real data. Rerunning
 resumes the study.
 
-Prints a markdown section for RESULTS.md and writes benchmarks/data/fmnist_staged_run.csv
-(per candidate: the run's score and cost at each stage it reached).
+``--proxy real:fashion-mnist`` screens on short real training instead (``--proxy-epochs`` is
+then ignored: the budget is the reference's steps). Prints a markdown section for RESULTS.md and
+writes ``--run-csv`` (per candidate: the run's score and cost at each stage it reached).
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def run_table(study, stages, specs: list[str]) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--proxy", type=Path, default=Path("runs/bench-rank-fmnist/proxies/mtt-s0"))
+    ap.add_argument("--proxy", default="runs/bench-rank-fmnist/proxies/mtt-s0")
     ap.add_argument(
         "--proxy-scorer", default="mtt@mtt-s0", help="--proxy's rows in the proxy score table"
     )
@@ -85,6 +89,12 @@ def main() -> None:
         default=None,
         help="as nas-proxy search (default: short:epochs=1,top=0.3 and full:epochs=8,top=2)",
     )
+    ap.add_argument(
+        "--replay-proxy",
+        default=",".join(DEFAULT_PROXY),
+        help="the proxy rows the replay draws from, comma-separated",
+    )
+    ap.add_argument("--run-csv", type=Path, default=RUN_CSV)
     ap.add_argument("--replays", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
@@ -93,12 +103,15 @@ def main() -> None:
     promote = args.promote or ["short:epochs=1,top=0.3", "full:epochs=8,top=2"]
 
     import nas_proxy
+    from nas_proxy.distill.proxy import is_real_ref
     from nas_proxy.runtime import cpu_info
     from nas_proxy.search.promote import parse_stage
     from nas_proxy.study_records import open_study
 
-    # The replay's table: the MTT proxies of two distillation seeds, as promote_replay.py.
-    fid, truth, _, specs = load_fidelities(TABLE, PROXY_SCORES, DEFAULT_PROXY)
+    # The replay's table (default: the MTT proxies of two distillation seeds, as promote_replay.py).
+    replay_proxy = tuple(args.replay_proxy.split(","))
+    fid, truth, _, specs = load_fidelities(TABLE, PROXY_SCORES, replay_proxy)
+    epochs = None if is_real_ref(args.proxy) else args.proxy_epochs
     unit = float(np.nanmean(fid["full"].costs))
     stages = [parse_stage(p) for p in promote]
     # Checked before any training: the replay needs each stage's epochs in the table.
@@ -114,7 +127,7 @@ def main() -> None:
         out=args.out,
         trials=len(specs),
         workers=args.workers,
-        epochs=args.proxy_epochs,
+        epochs=epochs,
         sampler="grid",
         pruner="none",
         seed=args.seed,
@@ -126,8 +139,8 @@ def main() -> None:
     cpu = cpu_info()
     study = open_study(f"sqlite:///{args.out / 'study.db'}")
     table = run_table(study, stages, specs)
-    RUN_CSV.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RUN_CSV, index=False, float_format="%.6g")
+    args.run_csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.run_csv, index=False, float_format="%.6g")
 
     pick = summary["promotion"]["pick"]
     index = specs.index(pick["arch"])
@@ -155,10 +168,11 @@ def main() -> None:
         f"resumes; {args.workers} "
         f"workers). Machine: {cpu['model']} ({cpu['flags']}), {cpu['cores']} cores, "
         f"{platform.machine()}, one core per worker, load average {cpu['load_1m']} at the end, "
-        f"device {args.device}. Proxy: {args.proxy} ({args.proxy_epochs} epochs per candidate), "
+        f"device {args.device}. Proxy: {args.proxy} "
+        f"({'its own budget' if epochs is None else f'{epochs} epochs'} per candidate), "
         f"grid over the {len(specs)} candidates, no pruning; promote "
         + ", ".join(f"`{p}`" for p in promote)
-        + ". Per-candidate scores: `benchmarks/data/fmnist_staged_run.csv`.",
+        + f". Per-candidate scores: `{args.run_csv}`.",
         "",
         "| stage | trained | compute (s) | full trainings |",
         "|---|---|---|---|",
@@ -175,7 +189,7 @@ def main() -> None:
         f"- Pick: `{pick['arch']}` ({scores}); its ground-truth test accuracy "
         f"{100 * truth[index]:.2f} % against the best candidate's {100 * truth.max():.2f} % "
         f"(`{best}`): **regret {100 * regret:.2f} points** at {spent:.2f} full trainings.",
-        f"- The replay of the same policy at that budget ({' / '.join(DEFAULT_PROXY)} as the "
+        f"- The replay of the same policy at that budget ({' / '.join(replay_proxy)} as the "
         "proxy, one drawn per replay) predicts "
         f"{100 * predicted['regret_mean']:.2f} ± {100 * predicted['regret_std']:.2f} points "
         f"(90th percentile {100 * predicted['regret_p90']:.2f}; spent "
