@@ -140,6 +140,17 @@ def real_study_name(study_name: str, fidelity: str) -> str:
     return f"{study_name[:keep]}~{digest}:{fidelity}"
 
 
+def quiet_optuna() -> int:
+    """Silence Optuna below ERROR; return the verbosity it had (to restore).
+
+    Our progress bar and trials.csv report trials; Optuna's per-trial INFO lines (and the
+    traceback it logs for each failed trial, whose reason we record) would drown them.
+    """
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return before
+
+
 def mirror_real_score(
     study: optuna.Study,
     fidelity: str,
@@ -154,8 +165,7 @@ def mirror_real_score(
         raise UserError(f"study {study.study_name} has no trial {trial_number}")
     # The search's own storage object: the sibling lives beside the study, whatever the URL.
     # Optuna logs each create-or-load at INFO, once per recorded score: silenced.
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    verbosity = quiet_optuna()
     try:
         sibling = optuna.create_study(
             storage=study._storage,

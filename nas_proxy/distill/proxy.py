@@ -247,7 +247,6 @@ def real_proxy(ref: str, *, data_dir: str | None = None, download: bool = False)
         "shape": list(dataset.shape),
         "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
         "recipe": recipe,
-        "samples_seen": cfg.samples_seen(len(dataset.train_x)),
         "fingerprint": "real:" + dataset.checksum + ":" + repr(sorted(recipe.items())),
     }
     return Proxy(dataset.train_x, dataset.train_y, meta, data=dataset)

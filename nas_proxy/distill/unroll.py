@@ -234,18 +234,27 @@ class _UnrollFunction(torch.autograd.Function):
 def second_order_error(model: nn.Module, in_shape: tuple[int, ...]) -> str | None:
     """Why trajectory matching cannot differentiate through ``model``'s training steps (the
     first line of torch's error: an operation whose backward has no derivative), or None.
-    Two images through one step's gradient and back, on the model's device; cheap enough to
-    run before experts are trained for it."""
+    One :func:`unroll_sgd` step on two images, differentiated back to them, on the model's
+    device; cheap enough to run before experts are trained for it."""
     param = next(model.parameters())
     g = torch.Generator(device=param.device).manual_seed(0)  # the global RNG stays untouched
     x = torch.randn(2, *in_shape, device=param.device, generator=g).requires_grad_()
-    names = [n for n, _ in model.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for _, p in model.named_parameters()]
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    y = torch.zeros(2, dtype=torch.long, device=param.device)
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    lr = torch.tensor(0.01, device=param.device, requires_grad=True)
     try:
-        out = functional_call(model, (dict(zip(names, params, strict=True)), buffers), (x,))
-        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
-        torch.autograd.grad(sum(g.square().sum() for g in grads), x)
+        out = unroll_sgd(
+            model,
+            params,
+            x,
+            y,
+            lr,
+            steps=1,
+            batch_size=None,
+            generator=g,
+            buffers=dict(model.named_buffers()),
+        )
+        torch.autograd.grad(sum(v.square().sum() for v in out.values()), x)
     except (RuntimeError, NotImplementedError) as e:
         return (str(e).strip().splitlines() or [type(e).__name__])[0]
     return None

@@ -32,12 +32,11 @@ from nas_proxy.search.workers import (
     build_worker,
     lock_file_name,
     promote_after,
-    quiet_optuna,
     run_processes,
     run_worker,
     worker_devices,
 )
-from nas_proxy.study_records import DEFAULT_STUDY, MAX_STUDY_NAME, real_studies
+from nas_proxy.study_records import DEFAULT_STUDY, MAX_STUDY_NAME, quiet_optuna, real_studies
 from nas_proxy.study_storage import default_storage, make_storage, redact
 
 if TYPE_CHECKING:

@@ -35,6 +35,7 @@ from nas_proxy.search.liveness import (
 )
 from nas_proxy.search.results import count_trials
 from nas_proxy.search.samplers import make_pruner, make_sampler
+from nas_proxy.study_records import quiet_optuna
 from nas_proxy.study_storage import make_storage
 
 if TYPE_CHECKING:
@@ -189,17 +190,6 @@ def build_worker(cfg: WorkerConfig) -> tuple[optuna.Study, Any]:
         report=cfg.pruner != "none" and not multi,  # Optuna cannot prune multi-objective
     )
     return study, objective
-
-
-def quiet_optuna() -> int:
-    """Silence Optuna below ERROR; return the verbosity it had (to restore).
-
-    Our progress bar and trials.csv report trials; Optuna's per-trial INFO lines (and the
-    traceback it logs for each failed trial, whose reason we record) would drown them.
-    """
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return before
 
 
 def worker_devices(
